@@ -1,0 +1,97 @@
+"""The `quantdoctor` command: parse, call the API, print, exit code (2 on bad input)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from . import __version__
+from .errors import QuantdoctorError
+
+app = typer.Typer(
+    help="Find out why a network lost accuracy when quantized, with measurements.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+DEBUG = typer.Option("--debug", help="Show full tracebacks on errors.")
+
+
+def _fail(error: BaseException, debug: bool) -> None:
+    if debug:
+        raise error
+    err.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"quantdoctor {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+
+
+@app.command()
+def evaluate(
+    config: Annotated[Path, typer.Argument(help="doctor.yaml")],
+    max_drop: Annotated[
+        float | None, typer.Option(help="Accuracy drop budget in points (default: config).")  # noqa: UP007
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option(help="Override the target profile: hailo8 or int8.")  # noqa: UP007
+    ] = None,
+    report_dir: Annotated[
+        Path | None, typer.Option(help="Where findings.json goes (default: config report.dir).")  # noqa: UP007
+    ] = None,
+    debug: Annotated[bool, DEBUG] = False,
+) -> None:
+    """The three-way test: native, quantized and int8 against ground truth, with CIs."""
+    from .api import evaluate as run_evaluate
+    from .config import load_config
+    from .report.console import RichProgress, print_evaluation, print_findings
+
+    try:
+        if target is not None and target not in ("hailo8", "int8"):
+            raise QuantdoctorError(f"--target {target!r} is unknown; use hailo8 or int8")
+        cfg = load_config(config)
+        report = run_evaluate(
+            cfg, progress=RichProgress(err), max_drop=max_drop, target=target, report_dir=report_dir
+        )
+    except QuantdoctorError as e:
+        _fail(e, debug)
+        return
+    except KeyboardInterrupt:
+        err.print("interrupted; findings.json holds the steps finished so far")
+        raise typer.Exit(130) from None
+    print_evaluation(report, out)
+    print_findings(report, out)
+    folder = report_dir or cfg.report.dir
+    out.print(f"\nfindings: {folder / 'findings.json'}")
+
+
+def main() -> None:
+    try:
+        app()
+    except QuantdoctorError as e:  # raised outside a command body
+        err.print(f"[bold red]error:[/bold red] {e}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,348 @@
+"""The doctor.yaml schema (DESIGN §3), validated with pydantic.
+
+Errors name the field path, the bad value and what is allowed::
+
+    >>> from quantdoctor.config import parse_config
+    >>> parse_config({"model": "m.onnx", "metrik": "top1"})
+    Traceback (most recent call last):
+    ...
+    quantdoctor.errors.ConfigError: config: unknown field 'metrik' ...
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError
+
+Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]
+Precision = Literal["a8_w8", "a16_w16", "a8_w4", "a16_w8"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _pair(value: Any) -> Any:
+    """Accept ``224`` or ``[224, 224]`` for a (height, width) pair."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    return value
+
+
+class ImageSourceConfig(_Strict):
+    """A folder of images (searched recursively) and, for evaluation, its labels."""
+
+    path: Path
+    labels: Path | None = None
+    class_names: Path | None = None
+    limit: int | None = Field(default=None, gt=0)
+
+
+class DataConfig(_Strict):
+    calibration: ImageSourceConfig | None = None
+    evaluation: ImageSourceConfig | None = None
+
+
+class ResizeConfig(_Strict):
+    short_side: int | None = Field(default=None, gt=0)
+    size: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] | None = None
+    interpolation: Interpolation = "bilinear"
+
+    _pair_size = field_validator("size", mode="before")(_pair)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ResizeConfig:
+        if (self.short_side is None) == (self.size is None):
+            raise ValueError("give exactly one of short_side or size")
+        return self
+
+
+class LetterboxConfig(_Strict):
+    size: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]]
+    anchor: Literal["center", "top_left"] = "center"
+    pad: int = Field(default=114, ge=0, le=255)
+    interpolation: Interpolation = "bilinear"
+
+    _pair_size = field_validator("size", mode="before")(_pair)
+
+
+class PreprocessConfig(_Strict):
+    """What the host does before the accelerator, in this order."""
+
+    color: Literal["rgb", "bgr"] = "rgb"
+    resize: ResizeConfig | None = None
+    center_crop: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] | None = None
+    letterbox: LetterboxConfig | None = None
+    scale: float = 1.0
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    layout: Literal["nchw", "nhwc"] = "nchw"
+
+    _pair_crop = field_validator("center_crop", mode="before")(_pair)
+
+    @field_validator("mean", "std", mode="before")
+    @classmethod
+    def _per_channel(cls, value: Any) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return [float(value)] * 3
+        return value
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _three(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and len(value) != 3:
+            raise ValueError(f"expected 3 values (one per channel), got {len(value)}")
+        return value
+
+    @field_validator("std")
+    @classmethod
+    def _nonzero(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and any(v == 0 for v in value):
+            raise ValueError("std must not contain 0")
+        return value
+
+    @model_validator(mode="after")
+    def _geometry(self) -> PreprocessConfig:
+        if self.letterbox is not None and (self.resize or self.center_crop):
+            raise ValueError("use letterbox alone, or resize/center_crop, not both")
+        return self
+
+
+class PostprocessConfig(_Strict):
+    type: str = "classification"
+    function: str | None = None
+    activation: Literal["none", "sigmoid", "softmax"] = "none"
+    output: str | None = None  # which model output holds the scores (default: the first)
+
+
+class SchemeOverride(_Strict):
+    bits: Literal[4, 8, 16] | None = None
+    signed: bool | None = None
+    symmetric: bool | None = None
+    per_channel: bool | None = None
+
+
+class TargetConfig(_Strict):
+    profile: Literal["hailo8", "int8"] = "hailo8"
+    activations: SchemeOverride | None = None
+    weights: SchemeOverride | None = None
+
+
+class CalibrationCommand(_Strict):
+    method: Literal["minmax", "percentile"] = "minmax"
+    size: int = Field(default=64, gt=0)
+    percentile: float = Field(default=99.99, gt=50.0, le=100.0)
+
+
+class QuantizationParamCommand(_Strict):
+    layers: list[str] = Field(min_length=1)
+    precision: Precision
+
+
+class CalibrationStep(_Strict):
+    calibration: CalibrationCommand
+
+
+class QuantizationParamStep(_Strict):
+    quantization_param: QuantizationParamCommand
+
+
+#: Recipe commands of DESIGN §2 that later versions implement; accepted by the
+#: schema so that a config is future-proof, refused with a clear error when run.
+PLANNED_COMMANDS = (
+    "normalization",
+    "input_conversion",
+    "activation_clipping",
+    "weights_clipping",
+    "equalization",
+    "bias_correction",
+    "adaround",
+    "finetune",
+)
+
+
+class PlannedStep(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+def _step_kind(value: Any) -> str | None:
+    if isinstance(value, dict) and len(value) == 1:
+        key = next(iter(value))
+        return "planned" if key in PLANNED_COMMANDS else key
+    if isinstance(value, BaseModel):
+        return {CalibrationStep: "calibration", QuantizationParamStep: "quantization_param"}.get(
+            type(value), "planned"
+        )
+    return None
+
+
+RecipeStep = Annotated[
+    Union[  # noqa: UP007 - pydantic's tagged union syntax
+        Annotated[CalibrationStep, Tag("calibration")],
+        Annotated[QuantizationParamStep, Tag("quantization_param")],
+        Annotated[PlannedStep, Tag("planned")],
+    ],
+    Discriminator(
+        _step_kind,
+        custom_error_type="recipe_command",
+        custom_error_message=(
+            "each recipe entry is one command: {calibration: ...}, {quantization_param: ...}"
+            f" or one of {', '.join(PLANNED_COMMANDS)}"
+        ),
+    ),
+]
+
+
+class ReportConfig(_Strict):
+    dir: Path = Path("report")
+
+
+class DoctorConfig(_Strict):
+    """The whole doctor.yaml. Paths are absolute after :func:`load_config`."""
+
+    model: Path
+    task: Literal["classification"] = "classification"
+    start_nodes: list[str] = Field(default_factory=list)
+    end_nodes: list[str] = Field(default_factory=list)
+    data: DataConfig = DataConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    postprocess: PostprocessConfig = PostprocessConfig()
+    metric: Literal["top1", "top5"] = "top1"
+    reference_accuracy: float | None = Field(default=None, ge=0, le=100)
+    target: TargetConfig = TargetConfig()
+    recipe: list[RecipeStep] = Field(default_factory=list)
+    report: ReportConfig = ReportConfig()
+    max_drop: float = Field(default=1.0, ge=0)
+    seed: int = 0
+    batch_size: int | None = Field(default=None, gt=0)
+    source: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _profile_name(cls, value: Any) -> Any:
+        return {"profile": value} if isinstance(value, str) else value
+
+    @property
+    def calibration(self) -> CalibrationCommand:
+        """The recipe's calibration command (the default one when absent)."""
+        for step in self.recipe:
+            if isinstance(step, CalibrationStep):
+                return step.calibration
+        return CalibrationCommand()
+
+    @property
+    def precisions(self) -> list[QuantizationParamCommand]:
+        return [s.quantization_param for s in self.recipe if isinstance(s, QuantizationParamStep)]
+
+    @property
+    def planned_steps(self) -> list[tuple[int, str]]:
+        """(index, name) of recipe commands this version does not run yet."""
+        return [
+            (i, next(iter(s.model_extra or {"?": None})))
+            for i, s in enumerate(self.recipe)
+            if isinstance(s, PlannedStep)
+        ]
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif (
+            item in ("calibration", "quantization_param", "planned")
+            and parts[-1:]
+            and parts[-1].startswith("[")
+        ):
+            # The tagged-union layer repeats the command name; keep it once.
+            parts.append(f".{item}")
+        else:
+            parts.append(f".{item}" if parts else str(item))
+    text = "".join(parts)
+    return text.replace(".calibration.calibration", ".calibration").replace(
+        ".quantization_param.quantization_param", ".quantization_param"
+    )
+
+
+def _format_errors(err: ValidationError, where: str) -> str:
+    lines = []
+    for e in err.errors():
+        path = _field_path(tuple(e["loc"])) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown field '{path}'; check the spelling (see DESIGN §3)")
+            continue
+        value = e.get("input")
+        shown = repr(value) if not isinstance(value, dict) else "{…}"
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {path} = {shown}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: Any, base_dir: Path | None = None, where: str = "config") -> DoctorConfig:
+    """Validate a mapping as a doctor config; relative paths resolve against ``base_dir``."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings at the top level, got {raw!r}")
+    try:
+        cfg = DoctorConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, where)) from None
+    return _resolve_paths(cfg, base_dir) if base_dir is not None else cfg
+
+
+def _resolve_paths(cfg: DoctorConfig, base: Path) -> DoctorConfig:
+    def res(p: Path | None) -> Path | None:
+        return None if p is None else (p if p.is_absolute() else (base / p)).resolve()
+
+    def source(s: ImageSourceConfig | None) -> ImageSourceConfig | None:
+        if s is None:
+            return None
+        return s.model_copy(
+            update={"path": res(s.path), "labels": res(s.labels), "class_names": res(s.class_names)}
+        )
+
+    data = DataConfig(
+        calibration=source(cfg.data.calibration), evaluation=source(cfg.data.evaluation)
+    )
+    return cfg.model_copy(
+        update={
+            "model": res(cfg.model),
+            "data": data,
+            "report": ReportConfig(dir=res(cfg.report.dir)),
+        }
+    )
+
+
+def load_config(path: str | Path) -> DoctorConfig:
+    """Read and validate doctor.yaml.
+
+    >>> cfg = load_config("doctor.yaml")  # doctest: +SKIP
+    >>> cfg.model, cfg.target.profile      # doctest: +SKIP
+    (PosixPath('/abs/model.onnx'), 'hailo8')
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; create one with `quantdoctor init`")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{at}: {getattr(err, 'problem', err)}") from None
+    cfg = parse_config(raw, base_dir=path.parent.resolve(), where=str(path))
+    return cfg.model_copy(update={"source": path.resolve()})

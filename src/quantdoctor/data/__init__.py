@@ -1,0 +1,16 @@
+"""Image sources, label formats, decoding and the host preprocessing ops."""
+
+from .imageset import ImageSet, load_images
+from .preprocess import ImageMeta, Preprocessor
+from .sources import ImageRecord, LabeledSource, list_images, read_classification_source
+
+__all__ = [
+    "ImageMeta",
+    "ImageRecord",
+    "ImageSet",
+    "LabeledSource",
+    "Preprocessor",
+    "list_images",
+    "load_images",
+    "read_classification_source",
+]

@@ -1,0 +1,205 @@
+"""The engine: one place that turns (context, data split) into model outputs or captured
+tensors, building each model and session once and caching outputs within a run.
+
+>>> engine = Engine(load_config("doctor.yaml"))          # doctest: +SKIP
+>>> engine.outputs("native")["logits"].shape              # doctest: +SKIP
+(1000, 1000)
+>>> engine.outputs("int8")                                # quantized with the recipe's plan
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..config import DoctorConfig, ImageSourceConfig
+from ..data import ImageSet, Preprocessor, load_images, read_classification_source
+from ..data.imageset import Decoded
+from ..data.sources import ImageRecord, list_images
+from ..errors import ConfigError, DataError
+from ..graph import ModelInfo, check_input_matches, clean_model, inspect_model, load_model
+from ..progress import NullProgress, Progress
+from ..quant import QuantPlan, Ranges, Target, build_qdq, calibrate, find_layers, resolve_target
+from ..quant.plan import LayerInfo
+from ..quant.qdq import tensors_to_calibrate
+from .runner import OrtRunner
+
+#: Contexts this version runs (DESIGN §2); fp_optimized and external come later.
+CONTEXTS = ("native", "quantized", "int8")
+_OPTIMIZATION = {"native": "all", "quantized": "emulate", "int8": "all"}
+
+
+def _plan_key(plan: QuantPlan) -> str:
+    return hashlib.sha1(repr(plan).encode()).hexdigest()[:12]
+
+
+class Engine:
+    """Runs the contexts of one config. Everything expensive happens once per run: image
+    decoding (per file), the float outputs, calibration, each QDQ model and session."""
+
+    def __init__(
+        self,
+        config: DoctorConfig,
+        progress: Progress | None = None,
+        target: Target | None = None,
+    ) -> None:
+        self.config = config
+        self.progress = progress or NullProgress()
+        self.preprocessor = Preprocessor(config.preprocess)
+        for index, name in config.planned_steps:
+            raise ConfigError(
+                f"recipe[{index}]: the '{name}' command is not implemented in this version of "
+                "quantdoctor yet; remove it from the recipe"
+            )
+        self.float_model: onnx.ModelProto = clean_model(load_model(config.model))
+        self.info: ModelInfo = inspect_model(self.float_model)
+        self.input = check_input_matches(
+            self.info, self.preprocessor.output_hw, config.preprocess.layout
+        )
+        self.target = target or resolve_target(config.target)
+        self.layers: list[LayerInfo] = find_layers(self.float_model, self.target)
+        self.batch_size = self.input.fixed_batch or config.batch_size or 16
+        self._decoded: dict[Path, Decoded | str] = {}
+        self._splits: dict[str, ImageSet] = {}
+        self._class_names: list[str] | None = None
+        self._runners: dict[tuple[str, str], OrtRunner] = {}
+        self._outputs: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
+        self._ranges: Ranges | None = None
+
+    # --- data ------------------------------------------------------------------------------
+    @property
+    def class_names(self) -> list[str] | None:
+        self.images("evaluation")
+        return self._class_names
+
+    def _sample(self, records: list[ImageRecord], limit: int | None) -> list[ImageRecord]:
+        if limit is None or limit >= len(records):
+            return records
+        rng = np.random.default_rng(self.config.seed)
+        keep = np.sort(rng.choice(len(records), size=limit, replace=False))
+        return [records[i] for i in keep]
+
+    def _records(self, split: str) -> list[ImageRecord]:
+        data = self.config.data
+        if split == "evaluation":
+            src = data.evaluation
+            if src is None:
+                raise ConfigError(
+                    "data.evaluation is not set; give a folder of labelled images "
+                    "(data.evaluation.path and labels)"
+                )
+            labeled = read_classification_source(src.path, src.labels, src.class_names)
+            self._class_names = labeled.class_names
+            return self._sample(labeled.records, src.limit)
+        if split == "calibration":
+            src = data.calibration
+            size = self.config.calibration.size
+            if src is None:
+                # No calibration set given: calibrate on a seeded sample of evaluation images.
+                return self._sample(self._records("evaluation"), size)
+            return self._sample(self._source_records(src), min(size, src.limit or size))
+        raise ValueError(f"unknown split {split!r}")
+
+    @staticmethod
+    def _source_records(src: ImageSourceConfig) -> list[ImageRecord]:
+        return [ImageRecord(p) for p in list_images(src.path)]
+
+    def images(self, split: str = "evaluation") -> ImageSet:
+        """The decoded, resized images of a split (decoded once per file per run)."""
+        if split not in self._splits:
+            records = self._records(split)
+            with self.progress.task(f"decoding {split} images", len(records)) as advance:
+                self._splits[split] = load_images(
+                    records,
+                    self.preprocessor,
+                    cache=self._decoded,
+                    progress=advance,
+                    what=f"{split} images",
+                )
+            if len(self._splits[split]) == 0:
+                raise DataError(f"no readable {split} images")
+        return self._splits[split]
+
+    def batches(self, images: ImageSet, **finish: object) -> Iterator[np.ndarray]:
+        """Model-input batches (float32) of an image set; ``finish`` overrides preprocessing."""
+        for start in range(0, len(images), self.batch_size):
+            yield self.preprocessor.finish(images.pixels[start : start + self.batch_size], **finish)  # type: ignore[arg-type]
+
+    # --- models ----------------------------------------------------------------------------
+    def plan(self) -> QuantPlan:
+        """The recipe's quantization plan (target + per-layer precision)."""
+        plan = QuantPlan(self.target)
+        for command in self.config.precisions:
+            plan = plan.set_precision(command.layers, command.precision)
+        return plan
+
+    def ranges(self) -> Ranges:
+        """Activation ranges calibrated on the calibration split with the float model."""
+        if self._ranges is None:
+            cal = self.config.calibration
+            names = tensors_to_calibrate(self.float_model, self.layers)
+            images = self.images("calibration")
+            passes = 2 if cal.method == "percentile" else 1
+            with self.progress.task(
+                f"calibrating ({cal.method}, {len(images)} images)", passes * len(images)
+            ) as advance:
+
+                def source() -> Iterator[dict[str, np.ndarray]]:
+                    for batch in self.capture("native", names, images):
+                        advance(len(next(iter(batch.values()))))
+                        yield batch
+
+                self._ranges = calibrate(source, names, cal.method, cal.percentile)
+        return self._ranges
+
+    def model(self, context: str, plan: QuantPlan | None = None) -> onnx.ModelProto:
+        if context == "native":
+            return self.float_model
+        if context in ("quantized", "int8"):
+            return build_qdq(self.float_model, plan or self.plan(), self.ranges(), self.layers)
+        raise ValueError(f"unknown context {context!r}; known: {', '.join(CONTEXTS)}")
+
+    def runner(
+        self, context: str, plan: QuantPlan | None = None, extra: Sequence[str] = ()
+    ) -> OrtRunner:
+        key = (context, _plan_key(plan or self.plan()) + "|" + ",".join(extra))
+        if key not in self._runners:
+            self._runners[key] = OrtRunner(self.model(context, plan), _OPTIMIZATION[context], extra)
+        return self._runners[key]
+
+    # --- outputs and tensors ---------------------------------------------------------------
+    def outputs(
+        self, context: str, split: str = "evaluation", plan: QuantPlan | None = None
+    ) -> dict[str, np.ndarray]:
+        """All model outputs of a context over a split, computed once and cached."""
+        key = (context, split, _plan_key(plan or self.plan()) if context != "native" else "")
+        if key not in self._outputs:
+            images = self.images(split)
+            runner = self.runner(context, plan)
+            parts: list[dict[str, np.ndarray]] = []
+            with self.progress.task(
+                f"running {context} on {len(images)} images", len(images)
+            ) as advance:
+                for x in self.batches(images):
+                    parts.append(runner.run(x))
+                    advance(len(x))
+            self._outputs[key] = {
+                n: np.concatenate([p[n] for p in parts]) for n in runner.output_names
+            }
+        return self._outputs[key]
+
+    def capture(
+        self,
+        context: str,
+        names: Sequence[str],
+        images: ImageSet,
+        plan: QuantPlan | None = None,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Intermediate tensors by name, batch by batch (not cached: they are large)."""
+        runner = self.runner(context, plan, tuple(names))
+        for x in self.batches(images):
+            yield runner.run(x, names)

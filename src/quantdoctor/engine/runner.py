@@ -1,0 +1,90 @@
+"""One ONNX Runtime session over one model (Polygraphy-style runner).
+
+>>> runner = OrtRunner(model, optimization="all")          # doctest: +SKIP
+>>> runner.run(batch)["logits"].shape                       # doctest: +SKIP
+(16, 1000)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from ..errors import ModelError
+
+_LEVELS = {
+    "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "emulate": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+ort.set_default_logger_severity(3)  # ORT's initializer-cleanup warnings are noise here
+
+
+def _threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class OrtRunner:
+    """Runs a model on the CPU with all cores.
+
+    ``optimization="emulate"`` keeps QDQ nodes as they are (float emulation of quantization)
+    while still using ONNX Runtime's fast float kernels; ``"all"`` lets ONNX Runtime fuse QDQ
+    into integer kernels."""
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        optimization: str = "all",
+        extra_outputs: Sequence[str] = (),
+        threads: int | None = None,
+    ) -> None:
+        if extra_outputs:
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            known = {o.name for o in copy.graph.output}
+            copy.graph.output.extend(
+                onnx.helper.make_empty_tensor_value_info(n) for n in extra_outputs if n not in known
+            )
+            model = copy
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = _LEVELS[optimization]
+        if optimization == "emulate":
+            # Every optimization except the QDQ → integer-kernel fusion (about 1.7x faster
+            # than ORT_ENABLE_BASIC on EfficientNet-Lite0; same math up to float summation
+            # order).
+            opts.add_session_config_entry("session.disable_quant_qdq", "1")
+        opts.intra_op_num_threads = threads or _threads()
+        opts.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(
+                model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ModelError(f"ONNX Runtime cannot load the model: {first}") from None
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        batch = inp.shape[0] if inp.shape else None
+        self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, x: np.ndarray, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Outputs for one batch. A model with a fixed batch size gets it (padded, then cut)."""
+        names = list(outputs) if outputs is not None else self.output_names
+        fixed = self.fixed_batch
+        if fixed is None or fixed == len(x):
+            return dict(zip(names, self.session.run(names, {self.input_name: x}), strict=False))
+        parts: list[list[np.ndarray]] = []
+        for start in range(0, len(x), fixed):
+            chunk = x[start : start + fixed]
+            n = len(chunk)
+            if n < fixed:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n, axis=0)])
+            parts.append([o[:n] for o in self.session.run(names, {self.input_name: chunk})])
+        return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}

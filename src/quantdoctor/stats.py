@@ -1,0 +1,81 @@
+"""Confidence intervals and paired tests over per-image results (seeded, reproducible).
+
+>>> a = np.array([1.0] * 90 + [0.0] * 10)
+>>> lo, hi = bootstrap_ci(a)
+>>> lo < 90.0 < hi
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+N_BOOTSTRAP = 2000
+
+
+def _indices(n: int, n_boot: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, n, size=(n_boot, n))
+
+
+def bootstrap_ci(
+    per_image: np.ndarray,
+    statistic: Callable[[np.ndarray], np.ndarray] | None = None,
+    n_boot: int = N_BOOTSTRAP,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile-bootstrap CI of ``statistic`` (default: the mean in percent) over images."""
+    n = len(per_image)
+    if n == 0:
+        return (float("nan"), float("nan"))
+    stat = statistic or (lambda idx: per_image[idx].mean(axis=-1) * 100.0)
+    values = stat(_indices(n, n_boot, seed))
+    a = (1 - level) / 2
+    return float(np.quantile(values, a)), float(np.quantile(values, 1 - a))
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """``b - a`` over the same images with its paired-bootstrap CI (percentage points)."""
+
+    difference: float
+    ci95: tuple[float, float]
+    n: int
+
+
+def paired_bootstrap(
+    a: Callable[[np.ndarray], np.ndarray],
+    b: Callable[[np.ndarray], np.ndarray],
+    n: int,
+    point: float,
+    n_boot: int = N_BOOTSTRAP,
+    seed: int = 0,
+) -> PairedDifference:
+    """Resample images once and evaluate both contexts on the same resample."""
+    if n == 0:
+        return PairedDifference(float("nan"), (float("nan"), float("nan")), 0)
+    idx = _indices(n, n_boot, seed)
+    d = b(idx) - a(idx)
+    return PairedDifference(point, (float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))), n)
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """Exact McNemar test: ``only_a`` images right only under a, ``only_b`` only under b."""
+
+    only_a: int
+    only_b: int
+    p_value: float
+
+
+def mcnemar_exact(a_correct: np.ndarray, b_correct: np.ndarray) -> McNemar:
+    a, b = a_correct.astype(bool), b_correct.astype(bool)
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    discordant = only_a + only_b
+    p = 1.0 if discordant == 0 else float(sps.binomtest(only_a, discordant, 0.5).pvalue)
+    return McNemar(only_a, only_b, p)

@@ -1,0 +1,121 @@
+"""Classification: scores → top-1 / top-5 correctness per image.
+
+>>> task = ClassificationTask(metric="top1")
+>>> s = task.score({"logits": np.array([[0.1, 2.0], [3.0, 0.0]])}, labels=np.array([1, 1]))
+>>> s.per_image.tolist(), s.value
+([1.0, 0.0], 50.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import DataError, QuantdoctorError
+from .base import TaskScores, load_plugin
+
+if TYPE_CHECKING:
+    from ..config import DoctorConfig
+    from ..data import ImageMeta
+
+
+class ClassificationTask:
+    """Host postprocessing for classifiers: built-in (pick an output, it holds the scores) or a
+    Python plugin ``fn(outputs, meta) -> 1-D scores`` called per image."""
+
+    name = "classification"
+
+    def __init__(
+        self,
+        metric: str = "top1",
+        output: str | None = None,
+        plugin: Callable[..., Any] | None = None,
+    ) -> None:
+        self.k = {"top1": 1, "top5": 5}[metric]
+        self.metric = metric
+        self.output = output
+        self.plugin = plugin
+
+    @classmethod
+    def from_config(cls, config: DoctorConfig) -> ClassificationTask:
+        post = config.postprocess
+        plugin = None
+        if post.type == "python" or post.function:
+            if not post.function:
+                raise QuantdoctorError(
+                    "postprocess.type is python but postprocess.function is not set; give "
+                    "'file.py:function'"
+                )
+            plugin = load_plugin(post.function, config.source.parent if config.source else None)
+        elif post.type != "classification":
+            raise QuantdoctorError(
+                f"postprocess.type {post.type!r} does not fit task classification; use "
+                "classification or python"
+            )
+        return cls(config.metric, post.output, plugin)
+
+    def scores(
+        self,
+        outputs: dict[str, np.ndarray],
+        metas: Sequence[ImageMeta] | None = None,
+        paths: Sequence[object] | None = None,
+    ) -> np.ndarray:
+        """Class scores [N, C] from raw model outputs."""
+        if self.plugin is not None:
+            return self._plugin_scores(outputs, metas, paths)
+        name = self.output or next(iter(outputs))
+        if name not in outputs:
+            raise QuantdoctorError(
+                f"postprocess.output {name!r} is not a model output; outputs: {', '.join(outputs)}"
+            )
+        x = outputs[name]
+        return x.reshape(len(x), -1)
+
+    def _plugin_scores(self, outputs, metas, paths) -> np.ndarray:  # type: ignore[no-untyped-def]
+        n = len(next(iter(outputs.values())))
+        rows = []
+        for i in range(n):
+            meta = {}
+            if metas is not None:
+                m = metas[i]
+                meta = {"orig_hw": m.orig_hw, "scale_hw": m.scale_hw, "pad_tl": m.pad_tl}
+            if paths is not None:
+                meta["path"] = str(paths[i])
+            try:
+                row = np.asarray(self.plugin({k: v[i] for k, v in outputs.items()}, meta))  # type: ignore[misc]
+            except Exception as err:
+                raise QuantdoctorError(
+                    f"the postprocess plugin failed on image {meta.get('path', i)}: {err!r}"
+                ) from None
+            if row.ndim != 1:
+                raise QuantdoctorError(
+                    f"the postprocess plugin returned shape {row.shape} for image "
+                    f"{meta.get('path', i)}; a classifier's plugin returns a 1-D score vector"
+                )
+            rows.append(row)
+        if len({r.shape for r in rows}) > 1:
+            raise QuantdoctorError(
+                "the postprocess plugin returned score vectors of different lengths"
+            )
+        return np.stack(rows)
+
+    def score(
+        self,
+        outputs: dict[str, np.ndarray],
+        labels: np.ndarray | None,
+        metas: Sequence[ImageMeta] | None = None,
+        paths: Sequence[object] | None = None,
+    ) -> TaskScores:
+        if labels is None:
+            raise DataError("the evaluation images have no labels; give data.evaluation.labels")
+        scores = self.scores(outputs, metas, paths)
+        if labels.max(initial=0) >= scores.shape[1]:
+            raise DataError(
+                f"a label ({int(labels.max())}) is out of range for a model with "
+                f"{scores.shape[1]} classes; check the labels file or class_names"
+            )
+        top = np.argsort(-scores, axis=1, kind="stable")[:, : self.k]
+        correct = (top == labels[:, None]).any(axis=1).astype(np.float64)
+        return TaskScores(self.metric, correct, top[:, 0])

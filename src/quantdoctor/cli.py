@@ -89,7 +89,9 @@ def main() -> None:
     try:
         app()
     except QuantdoctorError as e:  # raised outside a command body
-        err.print(f"[bold red]error:[/bold red] {e}")
+        if "--debug" in sys.argv:
+            raise
+        err.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

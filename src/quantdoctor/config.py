@@ -136,9 +136,13 @@ class SchemeOverride(_Strict):
     per_channel: bool | None = None
 
 
+class ActivationSchemeOverride(SchemeOverride):
+    bits: Literal[8, 16] | None = None  # no integer engine runs 4-bit activations
+
+
 class TargetConfig(_Strict):
     profile: Literal["hailo8", "int8"] = "hailo8"
-    activations: SchemeOverride | None = None
+    activations: ActivationSchemeOverride | None = None
     weights: SchemeOverride | None = None
 
 

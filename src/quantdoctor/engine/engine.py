@@ -20,8 +20,9 @@ from ..config import DoctorConfig, ImageSourceConfig
 from ..data import ImageSet, Preprocessor, load_images, read_classification_source
 from ..data.imageset import Decoded
 from ..data.sources import ImageRecord, list_images
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, ModelError
 from ..graph import ModelInfo, check_input_matches, clean_model, inspect_model, load_model
+from ..graph.model import input_hw
 from ..progress import NullProgress, Progress
 from ..quant import QuantPlan, Ranges, Target, build_qdq, calibrate, find_layers, resolve_target
 from ..quant.plan import LayerInfo
@@ -120,8 +121,17 @@ class Engine:
                     progress=advance,
                     what=f"{split} images",
                 )
-            if len(self._splits[split]) == 0:
+            images = self._splits[split]
+            if len(images) == 0:
                 raise DataError(f"no readable {split} images")
+            h, w = input_hw(self.input, self.config.preprocess.layout)
+            got = images.pixels.shape[1:3]
+            if (isinstance(h, int) and h != got[0]) or (isinstance(w, int) and w != got[1]):
+                raise ModelError(
+                    f"model input '{self.input.name}' takes {h}x{w} images but the {split} "
+                    f"images are {got[0]}x{got[1]} (e.g. {images.paths[0]}); set "
+                    f"preprocess.resize.size: [{h}, {w}] (or center_crop / letterbox)"
+                )
         return self._splits[split]
 
     def batches(self, images: ImageSet, **finish: object) -> Iterator[np.ndarray]:

@@ -183,12 +183,7 @@ def check_input_matches(
             "if the model is channels-last"
         )
     if hw is None:
-        if isinstance(h, int) and isinstance(w, int):
-            raise ModelError(
-                f"model input '{inp.name}' takes {h}x{w} images but the preprocessing keeps each "
-                f"image's own size; set {where}.resize.size: [{h}, {w}] (or center_crop/letterbox)"
-            )
-        return inp
+        return inp  # images keep their own size: checked once they are decoded
     for want, got, axis in ((h, hw[0], "height"), (w, hw[1], "width")):
         if isinstance(want, int) and want != got:
             raise ModelError(
@@ -197,3 +192,7 @@ def check_input_matches(
                 f"{where}.center_crop (or resize.size / letterbox.size) to [{h}, {w}]"
             )
     return inp
+
+
+def input_hw(inp: TensorInfo, layout: str) -> tuple[int | str | None, int | str | None]:
+    return (inp.shape[2], inp.shape[3]) if layout == "nchw" else (inp.shape[1], inp.shape[2])

@@ -97,17 +97,19 @@ class QuantPlan:
             return False
         return self.enabled_only is None or _matches(layer, self.enabled_only)
 
-    def layer_precision(self, layer: LayerInfo) -> tuple[int, int]:
-        found = "a8_w8"
+    def layer_precision(self, layer: LayerInfo) -> tuple[int, int] | None:
+        """(activation bits, weight bits) set for this layer, or None: the target's default."""
+        found = None
         for pattern, precision in self.precision.items():
             if _matches(layer, [pattern]):
                 found = precision
-        return PRECISIONS[found]
+        return PRECISIONS[found] if found else None
 
     def weight_scheme(self, layer: LayerInfo) -> QuantScheme | None:
         if not (self.quantize_weights and self.layer_enabled(layer)) or layer.weight is None:
             return None
-        return self.target.weights.with_bits(self.layer_precision(layer)[1])
+        bits = self.layer_precision(layer)
+        return self.target.weights if bits is None else self.target.weights.with_bits(bits[1])
 
     def activation_scheme(self, layer: LayerInfo | None, tensor: str) -> QuantScheme | None:
         """The scheme of an activation tensor (``layer`` = its producer; None: a graph input)."""
@@ -118,7 +120,10 @@ class QuantPlan:
             return self.target.activations if enabled else None
         if not self.layer_enabled(layer):
             return None
-        return self.target.activations.with_bits(self.layer_precision(layer)[0])
+        bits = self.layer_precision(layer)
+        return (
+            self.target.activations if bits is None else self.target.activations.with_bits(bits[0])
+        )
 
 
 def _matches(layer: LayerInfo, patterns: Iterable[str]) -> bool:

@@ -1,0 +1,113 @@
+"""Findings and findings.json (DESIGN §5, a stable contract: extend, never rename).
+
+>>> f = Finding("evaluation.degradation", 3, "error", "Top-1 drops 5.0 points", {"drop": 5.0})
+>>> Report(config="doctor.yaml", findings=[f]).to_dict()["findings"][0]["id"]
+'evaluation.degradation'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+
+SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2, "ok": 3}
+
+
+@dataclass
+class Finding:
+    """One conclusion with its evidence and the remedy."""
+
+    id: str
+    suspect: int
+    severity: str
+    title: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    recommendation: str = ""
+    recipe: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.severity not in SEVERITY_ORDER:
+            raise ValueError(f"severity must be one of {list(SEVERITY_ORDER)}")
+
+
+@dataclass
+class ContextResult:
+    """A context's metric against ground truth."""
+
+    metric: str
+    value: float
+    ci95: tuple[float, float]
+    n: int
+
+
+def _plain(x: Any) -> Any:
+    """numpy scalars/arrays and tuples → JSON types; NaN → null."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _plain(x.tolist())
+    if isinstance(x, np.generic):
+        return _plain(x.item())
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+@dataclass
+class Report:
+    """Everything a command concluded; serialised as findings.json."""
+
+    config: str
+    contexts: dict[str, ContextResult] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    comparisons: list[dict[str, Any]] = field(default_factory=list)
+    steps: dict[str, str] = field(default_factory=dict)
+    setup: dict[str, Any] = field(default_factory=dict)
+
+    def ranked(self) -> list[Finding]:
+        """Most important first (stable within a severity: checklist order)."""
+        return sorted(self.findings, key=lambda f: (SEVERITY_ORDER[f.severity], f.suspect))
+
+    @property
+    def top_suspect(self) -> Finding | None:
+        return next((f for f in self.ranked() if f.severity in ("error", "warning")), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(
+            {
+                "version": 1,
+                "tool": f"quantdoctor {__version__}",
+                "config": self.config,
+                "contexts": {k: asdict(v) for k, v in self.contexts.items()},
+                "findings": [asdict(f) for f in self.ranked()],
+                "comparisons": self.comparisons,
+                "steps": self.steps,
+                "setup": self.setup,
+            }
+        )
+
+    def write_json(self, folder: Path) -> Path:
+        """Write ``findings.json`` atomically (a crash never leaves half a file)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "findings.json"
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".findings.", suffix=".json")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(self.to_dict(), fh, indent=2)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path

@@ -92,8 +92,8 @@ class Preprocessor:
                     nh, nw = s, max(1, round(s * w0 / h0))
                 else:
                     nh, nw = max(1, round(s * h0 / w0)), s
-            img = _resize(img, (nh, nw), c.resize.interpolation)
             sy, sx = nh / h0, nw / w0
+            img = _resize(img, (nh, nw), c.resize.interpolation)
         pixels = np.asarray(img)
         if c.center_crop is not None:
             ch, cw = c.center_crop

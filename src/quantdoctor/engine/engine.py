@@ -10,7 +10,7 @@ tensors, building each model and session once and caching outputs within a run.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -150,21 +150,25 @@ class Engine:
     def ranges(self) -> Ranges:
         """Activation ranges calibrated on the calibration split with the float model."""
         if self._ranges is None:
-            cal = self.config.calibration
-            names = tensors_to_calibrate(self.float_model, self.layers)
-            images = self.images("calibration")
-            passes = 2 if cal.method == "percentile" else 1
-            with self.progress.task(
-                f"calibrating ({cal.method}, {len(images)} images)", passes * len(images)
-            ) as advance:
-
-                def source() -> Iterator[dict[str, np.ndarray]]:
-                    for batch in self.capture("native", names, images):
-                        advance(len(next(iter(batch.values()))))
-                        yield batch
-
-                self._ranges = calibrate(source, names, cal.method, cal.percentile)
+            self._ranges = self.calibrate(self.images("calibration"))
         return self._ranges
+
+    def calibrate(self, images: ImageSet) -> Ranges:
+        """Activation ranges of every quantizable tensor over ``images`` (the recipe's
+        calibration method; any image set, e.g. held-out evaluation images)."""
+        cal = self.config.calibration
+        names = tensors_to_calibrate(self.float_model, self.layers)
+        with self.progress.task(
+            f"calibrating ({cal.method}, {len(images)} images)", len(images)
+        ) as advance:
+            if cal.method == "minmax":
+                batches = list(self.capture_minmax("native", names, images, advance))
+                return calibrate(lambda: batches, names, "minmax")
+
+            def source() -> Iterator[dict[str, np.ndarray]]:
+                yield from self.capture("native", names, images)
+
+            return calibrate(source, names, cal.method, cal.percentile)
 
     def model(self, context: str, plan: QuantPlan | None = None) -> onnx.ModelProto:
         if context == "native":
@@ -213,3 +217,27 @@ class Engine:
         runner = self.runner(context, plan, tuple(names))
         for x in self.batches(images):
             yield runner.run(x, names)
+
+    def capture_minmax(
+        self,
+        context: str,
+        names: Sequence[str],
+        images: ImageSet,
+        advance: Callable[[int], None] | None = None,
+        plan: QuantPlan | None = None,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Per batch, ``{name: [min, max]}`` of each named tensor, reduced inside the graph."""
+        key = (context, _plan_key(plan or self.plan()) + "|minmax|" + ",".join(names))
+        if key not in self._runners:
+            model = self.model(context, plan)
+            self._runners[key] = OrtRunner(model, _OPTIMIZATION[context], reduced_outputs=names)
+        runner = self._runners[key]
+        outs = [f"{n}__{r}" for n in names for r in ("min", "max")]
+        for x in self.batches(images):
+            got = runner.run(x, outs)
+            if advance:
+                advance(len(x))
+            yield {
+                n: np.concatenate([got[f"{n}__min"].ravel(), got[f"{n}__max"].ravel()])
+                for n in names
+            }

@@ -53,8 +53,12 @@ def print_evaluation(report: Report, console: Console) -> None:
             cmp_table.add_column(col, justify="left" if col in ("context", "vs") else "right")
         for c in report.comparisons:
             cmp_table.add_row(
-                c["context"], c["reference"], f"{c['difference']:+.2f}", _fmt_ci(c["ci95"]),
-                f"{c['p_value']:.3g}", f"{c['top1_agreement']:.2f}%",
+                c["context"],
+                c["reference"],
+                f"{c['difference']:+.2f}",
+                _fmt_ci(c["ci95"]),
+                f"{c['p_value']:.3g}",
+                f"{c['top1_agreement']:.2f}%",
             )
         console.print(cmp_table)
         console.print(

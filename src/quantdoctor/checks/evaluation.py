@@ -85,10 +85,11 @@ def _verdict(cmp: dict[str, Any], max_drop: float, target: str) -> Finding:
         "only_context_correct": cmp["only_context_correct"],
         "top1_agreement": cmp["top1_agreement"],
     }
-    numbers = (
-        f"{metric} drop {drop:.2f} points (95% CI {lo_drop:.2f} … {hi_drop:.2f}, "
-        f"McNemar p = {p:.2g}, n = {cmp['n']})"
-    )
+    if drop >= 0:
+        change = f"drop {drop:.2f} points (95% CI {lo_drop:.2f} … {hi_drop:.2f}"
+    else:
+        change = f"gain {-drop:.2f} points (95% CI {-hi_drop:.2f} … {-lo_drop:.2f}"
+    numbers = f"{metric} {change}, McNemar p = {p:.2g}, n = {cmp['n']})"
     significant = p < 0.05 and lo_drop > 0
     if significant:
         severity = "error" if drop > max_drop else ("warning" if hi_drop > max_drop else "info")

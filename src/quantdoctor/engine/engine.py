@@ -67,9 +67,9 @@ class Engine:
         self._decoded: dict[Path, Decoded | str] = {}
         self._splits: dict[str, ImageSet] = {}
         self._class_names: list[str] | None = None
-        self._runners: dict[tuple[str, str], OrtRunner] = {}
+        self._runners: dict[tuple[str, str, str], OrtRunner] = {}
         self._outputs: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
-        self._ranges: Ranges | None = None
+        self._range_sets: dict[str, Ranges] = {}
 
     # --- data ------------------------------------------------------------------------------
     @property
@@ -110,36 +110,49 @@ class Engine:
         return [ImageRecord(p) for p in list_images(src.path)]
 
     def images(self, split: str = "evaluation") -> ImageSet:
-        """The decoded, resized images of a split (decoded once per file per run)."""
+        """The decoded, resized images of a split (decoded once per file per run).
+
+        Built-in splits are ``evaluation`` and ``calibration``; checks may register more
+        with :meth:`add_split` (e.g. held-out halves)."""
         if split not in self._splits:
             records = self._records(split)
             with self.progress.task(f"decoding {split} images", len(records)) as advance:
-                self._splits[split] = load_images(
+                images = load_images(
                     records,
                     self.preprocessor,
                     cache=self._decoded,
                     progress=advance,
                     what=f"{split} images",
                 )
-            images = self._splits[split]
             if len(images) == 0:
                 raise DataError(f"no readable {split} images")
-            h, w = input_hw(self.input, self.config.preprocess.layout)
-            got = images.pixels.shape[1:3]
-            if (isinstance(h, int) and h != got[0]) or (isinstance(w, int) and w != got[1]):
-                raise ModelError(
-                    f"model input '{self.input.name}' takes {h}x{w} images but the {split} "
-                    f"images are {got[0]}x{got[1]} (e.g. {images.paths[0]}); set "
-                    f"preprocess.resize.size: [{h}, {w}] (or center_crop / letterbox)"
-                )
+            self._check_size(images, split)
+            self._splits[split] = images
         return self._splits[split]
+
+    def _check_size(self, images: ImageSet, split: str) -> None:
+        h, w = input_hw(self.input, self.config.preprocess.layout)
+        got = images.pixels.shape[1:3]
+        if (isinstance(h, int) and h != got[0]) or (isinstance(w, int) and w != got[1]):
+            raise ModelError(
+                f"model input '{self.input.name}' takes {h}x{w} images but the {split} "
+                f"images are {got[0]}x{got[1]} (e.g. {images.paths[0]}); set "
+                f"preprocess.resize.size: [{h}, {w}] (or center_crop / letterbox)"
+            )
+
+    def add_split(self, name: str, images: ImageSet) -> None:
+        """Register an image set (e.g. a subset of another split) under a split name."""
+        if name in self._splits and self._splits[name] is not images:
+            raise ValueError(f"split {name!r} already exists")
+        self._check_size(images, name)
+        self._splits[name] = images
 
     def batches(self, images: ImageSet, **finish: object) -> Iterator[np.ndarray]:
         """Model-input batches (float32) of an image set; ``finish`` overrides preprocessing."""
         for start in range(0, len(images), self.batch_size):
             yield self.preprocessor.finish(images.pixels[start : start + self.batch_size], **finish)  # type: ignore[arg-type]
 
-    # --- models ----------------------------------------------------------------------------
+    # --- quantization ----------------------------------------------------------------------
     def plan(self) -> QuantPlan:
         """The recipe's quantization plan (target + per-layer precision)."""
         plan = QuantPlan(self.target)
@@ -147,11 +160,19 @@ class Engine:
             plan = plan.set_precision(command.layers, command.precision)
         return plan
 
-    def ranges(self) -> Ranges:
-        """Activation ranges calibrated on the calibration split with the float model."""
-        if self._ranges is None:
-            self._ranges = self.calibrate(self.images("calibration"))
-        return self._ranges
+    def ranges(self, name: str = "calibration") -> Ranges:
+        """Activation ranges by name; ``calibration`` (the default) is calibrated lazily on the
+        calibration split with the float model, others come from :meth:`add_ranges`."""
+        if name not in self._range_sets:
+            if name != "calibration":
+                raise KeyError(f"no ranges named {name!r}; add them with add_ranges")
+            self._range_sets[name] = self.calibrate(self.images("calibration"))
+        return self._range_sets[name]
+
+    def add_ranges(self, name: str, ranges: Ranges) -> None:
+        """Register alternative ranges (e.g. calibrated on held-out images) for quantized
+        contexts: ``engine.outputs("quantized", ranges="holdout")``."""
+        self._range_sets[name] = ranges
 
     def calibrate(self, images: ImageSet) -> Ranges:
         """Activation ranges of every quantizable tensor over ``images`` (the recipe's
@@ -170,33 +191,59 @@ class Engine:
 
             return calibrate(source, names, cal.method, cal.percentile)
 
-    def model(self, context: str, plan: QuantPlan | None = None) -> onnx.ModelProto:
+    # --- models ----------------------------------------------------------------------------
+    def _model_key(self, context: str, plan: QuantPlan | None, ranges: str) -> str:
         if context == "native":
-            return self.float_model
-        if context in ("quantized", "int8"):
-            return build_qdq(self.float_model, plan or self.plan(), self.ranges(), self.layers)
-        raise ValueError(f"unknown context {context!r}; known: {', '.join(CONTEXTS)}")
+            return "native"
+        if context not in CONTEXTS:
+            raise ValueError(f"unknown context {context!r}; known: {', '.join(CONTEXTS)}")
+        return f"{context}|{_plan_key(plan or self.plan())}|{ranges}"
 
-    def runner(
-        self, context: str, plan: QuantPlan | None = None, extra: Sequence[str] = ()
+    def model(
+        self, context: str, plan: QuantPlan | None = None, ranges: str = "calibration"
+    ) -> onnx.ModelProto:
+        """The ONNX model a context runs (the QDQ model for ``quantized`` and ``int8``)."""
+        if self._model_key(context, plan, ranges) == "native":
+            return self.float_model
+        return build_qdq(self.float_model, plan or self.plan(), self.ranges(ranges), self.layers)
+
+    def _runner(
+        self,
+        context: str,
+        plan: QuantPlan | None,
+        ranges: str,
+        extra: Sequence[str] = (),
+        reduced: Sequence[str] = (),
     ) -> OrtRunner:
-        key = (context, _plan_key(plan or self.plan()) + "|" + ",".join(extra))
+        key = (self._model_key(context, plan, ranges), ",".join(extra), ",".join(reduced))
         if key not in self._runners:
-            self._runners[key] = OrtRunner(self.model(context, plan), _OPTIMIZATION[context], extra)
+            self._runners[key] = OrtRunner(
+                self.model(context, plan, ranges),
+                _OPTIMIZATION[context],
+                extra,
+                reduced_outputs=reduced,
+            )
         return self._runners[key]
 
     # --- outputs and tensors ---------------------------------------------------------------
     def outputs(
-        self, context: str, split: str = "evaluation", plan: QuantPlan | None = None
+        self,
+        context: str,
+        split: str = "evaluation",
+        plan: QuantPlan | None = None,
+        ranges: str = "calibration",
     ) -> dict[str, np.ndarray]:
-        """All model outputs of a context over a split, computed once and cached."""
-        key = (context, split, _plan_key(plan or self.plan()) if context != "native" else "")
+        """All model outputs of a context over a split, computed once and cached.
+
+        ``plan`` changes what is quantized (default: the recipe's plan); ``ranges`` names the
+        activation ranges to use (default: calibrated on the calibration split)."""
+        key = (self._model_key(context, plan, ranges), split)
         if key not in self._outputs:
             images = self.images(split)
-            runner = self.runner(context, plan)
+            runner = self._runner(context, plan, ranges)
             parts: list[dict[str, np.ndarray]] = []
             with self.progress.task(
-                f"running {context} on {len(images)} images", len(images)
+                f"running {context} on {len(images)} {split} images", len(images)
             ) as advance:
                 for x in self.batches(images):
                     parts.append(runner.run(x))
@@ -212,9 +259,12 @@ class Engine:
         names: Sequence[str],
         images: ImageSet,
         plan: QuantPlan | None = None,
+        ranges: str = "calibration",
     ) -> Iterator[dict[str, np.ndarray]]:
-        """Intermediate tensors by name, batch by batch (not cached: they are large)."""
-        runner = self.runner(context, plan, tuple(names))
+        """Intermediate tensors by name, batch by batch (not cached: they are large). In a
+        quantized context a quantized tensor's name holds its dequantized value and
+        ``<name>__float`` the value before quantization."""
+        runner = self._runner(context, plan, ranges, extra=tuple(names))
         for x in self.batches(images):
             yield runner.run(x, names)
 
@@ -225,13 +275,10 @@ class Engine:
         images: ImageSet,
         advance: Callable[[int], None] | None = None,
         plan: QuantPlan | None = None,
+        ranges: str = "calibration",
     ) -> Iterator[dict[str, np.ndarray]]:
         """Per batch, ``{name: [min, max]}`` of each named tensor, reduced inside the graph."""
-        key = (context, _plan_key(plan or self.plan()) + "|minmax|" + ",".join(names))
-        if key not in self._runners:
-            model = self.model(context, plan)
-            self._runners[key] = OrtRunner(model, _OPTIMIZATION[context], reduced_outputs=names)
-        runner = self._runners[key]
+        runner = self._runner(context, plan, ranges, reduced=tuple(names))
         outs = [f"{n}__{r}" for n in names for r in ("min", "max")]
         for x in self.batches(images):
             got = runner.run(x, outs)

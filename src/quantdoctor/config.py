@@ -123,10 +123,25 @@ class PreprocessConfig(_Strict):
 
 
 class PostprocessConfig(_Strict):
-    type: str = "classification"
+    """What the host does after the accelerator. Built-in types: classification, yolox,
+    yolov5, yolov8; or python with ``function: "file.py:name"``."""
+
+    type: Literal["classification", "yolox", "yolov5", "yolov8", "python"] = "classification"
     function: str | None = None
     activation: Literal["none", "sigmoid", "softmax"] = "none"
-    output: str | None = None  # which model output holds the scores (default: the first)
+    output: str | None = None  # which model output holds the scores/boxes (default: the first)
+    # detection decoders
+    conf_threshold: float = Field(default=0.001, ge=0, le=1)  # low: mAP needs the full PR curve
+    iou_threshold: float = Field(default=0.65, gt=0, le=1)
+    max_detections: int = Field(default=100, gt=0)
+    class_agnostic: bool = False
+    strides: list[int] = Field(default_factory=lambda: [8, 16, 32])
+
+    @model_validator(mode="after")
+    def _python_needs_function(self) -> PostprocessConfig:
+        if self.type == "python" and not self.function:
+            raise ValueError("type python needs function: 'file.py:function_name'")
+        return self
 
 
 class SchemeOverride(_Strict):
@@ -219,13 +234,13 @@ class DoctorConfig(_Strict):
     """The whole doctor.yaml. Paths are absolute after :func:`load_config`."""
 
     model: Path
-    task: Literal["classification"] = "classification"
+    task: Literal["classification", "detection"] = "classification"
     start_nodes: list[str] = Field(default_factory=list)
     end_nodes: list[str] = Field(default_factory=list)
     data: DataConfig = DataConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     postprocess: PostprocessConfig = PostprocessConfig()
-    metric: Literal["top1", "top5"] = "top1"
+    metric: Literal["top1", "top5", "map", "map50"] | None = None
     reference_accuracy: float | None = Field(default=None, ge=0, le=100)
     target: TargetConfig = TargetConfig()
     recipe: list[RecipeStep] = Field(default_factory=list)
@@ -234,6 +249,30 @@ class DoctorConfig(_Strict):
     seed: int = 0
     batch_size: int | None = Field(default=None, gt=0)
     source: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> DoctorConfig:
+        allowed = {"classification": ("top1", "top5"), "detection": ("map", "map50")}[self.task]
+        if self.metric is None:
+            object.__setattr__(self, "metric", allowed[0])
+        elif self.metric not in allowed:
+            raise ValueError(
+                f"metric {self.metric!r} does not fit task {self.task}; use {' or '.join(allowed)}"
+            )
+        post = self.postprocess.type
+        fits = (
+            ("classification", "python")
+            if self.task == "classification"
+            else ("yolox", "yolov5", "yolov8", "python")
+        )
+        if "type" in self.postprocess.model_fields_set and post not in fits:
+            raise ValueError(
+                f"postprocess.type {post!r} does not fit task {self.task}; use one of "
+                f"{', '.join(fits)}"
+            )
+        if self.task == "detection" and "type" not in self.postprocess.model_fields_set:
+            raise ValueError("detection needs postprocess.type: yolox, yolov5, yolov8 or python")
+        return self
 
     @field_validator("target", mode="before")
     @classmethod
@@ -285,7 +324,10 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 def _format_errors(err: ValidationError, where: str) -> str:
     lines = []
     for e in err.errors():
-        path = _field_path(tuple(e["loc"])) or "(top level)"
+        path = _field_path(tuple(e["loc"]))
+        if not path:  # a rule across fields: the message names them
+            lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
+            continue
         if e["type"] == "extra_forbidden":
             lines.append(f"{where}: unknown field '{path}'; check the spelling (see DESIGN §3)")
             continue

@@ -33,7 +33,7 @@ def bootstrap_ci(
     n = len(per_image)
     if n == 0:
         return (float("nan"), float("nan"))
-    stat = statistic or (lambda idx: per_image[idx].mean(axis=-1) * 100.0)
+    stat = statistic or (lambda idx: per_image[idx].mean(axis=-1) * 100.0)  # noqa: E731
     values = stat(_indices(n, n_boot, seed))
     a = (1 - level) / 2
     return float(np.quantile(values, a)), float(np.quantile(values, 1 - a))
@@ -46,6 +46,7 @@ class PairedDifference:
     difference: float
     ci95: tuple[float, float]
     n: int
+    p_value: float = float("nan")  # two-sided: how often the resampled difference crosses 0
 
 
 def paired_bootstrap(
@@ -61,7 +62,9 @@ def paired_bootstrap(
         return PairedDifference(float("nan"), (float("nan"), float("nan")), 0)
     idx = _indices(n, n_boot, seed)
     d = b(idx) - a(idx)
-    return PairedDifference(point, (float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))), n)
+    ci = (float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975)))
+    p = min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean()) + 1.0 / n_boot)
+    return PairedDifference(point, ci, n, float(p))
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,17 @@
 
 from .imageset import ImageSet, load_images
 from .preprocess import ImageMeta, Preprocessor
-from .sources import ImageRecord, LabeledSource, list_images, read_classification_source
+from .sources import (
+    BoxLabels,
+    ImageRecord,
+    LabeledSource,
+    list_images,
+    read_classification_source,
+    read_detection_source,
+)
 
 __all__ = [
+    "BoxLabels",
     "ImageMeta",
     "ImageRecord",
     "ImageSet",
@@ -13,4 +21,5 @@ __all__ = [
     "list_images",
     "load_images",
     "read_classification_source",
+    "read_detection_source",
 ]

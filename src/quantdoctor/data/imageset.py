@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import DataError
 from .decode import decode_rgb
 from .preprocess import ImageMeta, Preprocessor
-from .sources import ImageRecord
+from .sources import BoxLabels, ImageRecord
 
 #: Stop when more than this fraction of the images cannot be read.
 MAX_FAILED_FRACTION = 0.05
@@ -30,6 +30,7 @@ class ImageSet:
     labels: np.ndarray | None
     metas: list[ImageMeta]
     failures: list[tuple[Path, str]] = field(default_factory=list)
+    boxes: list[BoxLabels] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -42,6 +43,7 @@ class ImageSet:
             None if self.labels is None else self.labels[idx],
             [self.metas[i] for i in idx],
             list(self.failures),
+            None if self.boxes is None else [self.boxes[i] for i in idx],
         )
 
 
@@ -97,4 +99,5 @@ def load_images(
         else None
     )
     metas = [cache[r.path][1] for r in ok]  # type: ignore[index]
-    return ImageSet([r.path for r in ok], pixels, labels, metas, failures)
+    boxes = [r.boxes for r in ok] if ok and all(r.boxes is not None for r in ok) else None
+    return ImageSet([r.path for r in ok], pixels, labels, metas, failures, boxes)  # type: ignore[arg-type]

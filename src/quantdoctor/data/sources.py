@@ -9,9 +9,10 @@ line number).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from ..errors import DataError
@@ -23,17 +24,33 @@ IMAGE_EXTENSIONS = frozenset(
 
 
 @dataclass(frozen=True)
+class BoxLabels:
+    """Ground-truth objects of one image: boxes [k, 4] as x1 y1 x2 y2 in original pixels."""
+
+    boxes: np.ndarray
+    classes: np.ndarray
+    image_hw: tuple[int, int]
+
+    @staticmethod
+    def empty(image_hw: tuple[int, int]) -> BoxLabels:
+        return BoxLabels(np.zeros((0, 4), np.float64), np.zeros(0, np.int64), image_hw)
+
+
+@dataclass(frozen=True)
 class ImageRecord:
-    """One image file and its class index (``None`` when unlabelled)."""
+    """One image file and its label: a class index (classification), boxes (detection) or
+    ``None`` when unlabelled."""
 
     path: Path
     label: int | None = None
+    boxes: BoxLabels | None = None
 
 
 @dataclass(frozen=True)
 class LabeledSource:
     records: list[ImageRecord]
     class_names: list[str] | None
+    notes: list[str] = field(default_factory=list)
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -125,3 +142,149 @@ def read_classification_source(
         raise DataError(f"class folder(s) {unknown[:3]} of {folder} are not in class_names")
     records = [ImageRecord(f, index[f.relative_to(folder).parts[0]]) for f in files]
     return LabeledSource(records, class_names)
+
+
+# --- detection --------------------------------------------------------------------------------
+
+#: Boxes may overhang the image edge by this fraction (rounding in exported labels); more is
+#: an error.
+_EDGE_TOLERANCE = 0.02
+
+
+def _image_hw(path: Path) -> tuple[int, int]:
+    with Image.open(path) as img:  # reads the header only
+        return img.height, img.width
+
+
+def _read_yolo_file(
+    path: Path, hw: tuple[int, int], num_classes: int | None
+) -> tuple[BoxLabels, int]:
+    """Parse one YOLO txt (``class cx cy w h``, normalised); returns labels and how many boxes
+    were clipped to the image."""
+    h, w = hw
+    boxes, classes, clipped = [], [], 0
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 5:
+            raise DataError(
+                f"{path}:{lineno}: expected 5 columns 'class cx cy w h', got {len(parts)}: "
+                f"{line.strip()!r}"
+            )
+        try:
+            cls = int(parts[0])
+            cx, cy, bw, bh = (float(v) for v in parts[1:])
+        except ValueError:
+            raise DataError(
+                f"{path}:{lineno}: expected an integer class and 4 numbers, got {line.strip()!r}"
+            ) from None
+        if cls < 0 or (num_classes is not None and cls >= num_classes):
+            top = f"0..{num_classes - 1}" if num_classes else ">= 0"
+            raise DataError(
+                f"{path}:{lineno}: class id {cls} is out of range ({top}); check the labels or "
+                "class_names"
+            )
+        x1, y1, x2, y2 = cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2
+        t = _EDGE_TOLERANCE
+        if bw <= 0 or bh <= 0 or x1 < -t or y1 < -t or x2 > 1 + t or y2 > 1 + t:
+            raise DataError(
+                f"{path}:{lineno}: box (cx {cx}, cy {cy}, w {bw}, h {bh}) lies outside the image "
+                "(YOLO boxes are normalised to 0..1); fix the label"
+            )
+        if min(x1, y1) < 0 or max(x2, y2) > 1:
+            clipped += 1
+        box = np.clip([x1, y1, x2, y2], 0.0, 1.0) * [w, h, w, h]
+        boxes.append(box)
+        classes.append(cls)
+    if not boxes:
+        return BoxLabels.empty(hw), 0
+    return BoxLabels(np.asarray(boxes), np.asarray(classes, np.int64), hw), clipped
+
+
+def _read_coco_json(
+    folder: Path, labels: Path, files: list[Path]
+) -> tuple[list[ImageRecord], list[str]]:
+    import json
+
+    try:
+        data = json.loads(labels.read_text(encoding="utf-8"))
+        cats = sorted(data["categories"], key=lambda c: c["id"])
+        images = {img["id"]: img for img in data["images"]}
+        anns = data.get("annotations", [])
+    except (ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{labels}: not a COCO annotation file ({err!r})") from None
+    # COCO category ids are sparse (1..90); models predict contiguous indices in id order.
+    index = {c["id"]: i for i, c in enumerate(cats)}
+    by_file = {Path(img["file_name"]).name: img for img in images.values()}
+    per_image: dict[int, list[tuple[list[float], int]]] = {}
+    for a in anns:
+        if a.get("iscrowd", 0):
+            continue
+        if a["category_id"] not in index:
+            raise DataError(f"{labels}: annotation {a.get('id')} has unknown category_id")
+        per_image.setdefault(a["image_id"], []).append((a["bbox"], index[a["category_id"]]))
+    records = []
+    for f in files:
+        img = by_file.get(f.name)
+        if img is None:
+            continue
+        hw = (int(img["height"]), int(img["width"]))
+        objs = per_image.get(img["id"], [])
+        if objs:
+            b = np.asarray([o[0] for o in objs], np.float64)
+            boxes = np.stack([b[:, 0], b[:, 1], b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]], axis=1)
+            lab = BoxLabels(boxes, np.asarray([o[1] for o in objs], np.int64), hw)
+        else:
+            lab = BoxLabels.empty(hw)
+        records.append(ImageRecord(f, boxes=lab))
+    if not records:
+        raise DataError(f"none of the images in {folder} is listed in {labels}")
+    return records, [c["name"] for c in cats]
+
+
+def read_detection_source(
+    folder: Path,
+    labels: Path | None,
+    class_names_file: Path | None = None,
+    num_classes: int | None = None,
+) -> LabeledSource:
+    """Images of ``folder`` with boxes from a folder of YOLO txt files (one per image, same
+    stem; an image without a file has no objects) or a COCO json file."""
+    files = list_images(folder)
+    class_names = read_class_names(class_names_file) if class_names_file else None
+    if labels is None:
+        sibling = folder.parent / "labels"
+        if not sibling.is_dir():
+            raise DataError(
+                f"no labels for the detection images in {folder}: set data.evaluation.labels to "
+                "a folder of YOLO txt files or a COCO json file"
+            )
+        labels = sibling
+    if not labels.exists():
+        raise DataError(f"labels {labels} not found; fix data.evaluation.labels")
+    if labels.is_file():
+        records, names = _read_coco_json(folder, labels, files)
+        return LabeledSource(records, class_names or names)
+    limit = len(class_names) if class_names else num_classes
+    records, missing, clipped = [], 0, 0
+    for f in files:
+        txt = labels / f.relative_to(folder).with_suffix(".txt")
+        hw = _image_hw(f)
+        if txt.is_file():
+            lab, n = _read_yolo_file(txt, hw, limit)
+            clipped += n
+        else:
+            lab, missing = BoxLabels.empty(hw), missing + 1
+        records.append(ImageRecord(f, boxes=lab))
+    if missing == len(files):
+        raise DataError(
+            f"none of the {len(files)} images in {folder} has a label file in {labels} "
+            "(expected <image stem>.txt); fix data.evaluation.labels"
+        )
+    notes = []
+    if missing:
+        notes.append(f"{missing} image(s) have no label file in {labels}: counted as no objects")
+    if clipped:
+        notes.append(f"{clipped} box(es) overhang the image edge slightly and were clipped")
+    return LabeledSource(records, class_names, notes)

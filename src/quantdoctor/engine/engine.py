@@ -17,7 +17,13 @@ import numpy as np
 import onnx
 
 from ..config import DoctorConfig, ImageSourceConfig
-from ..data import ImageSet, Preprocessor, load_images, read_classification_source
+from ..data import (
+    ImageSet,
+    Preprocessor,
+    load_images,
+    read_classification_source,
+    read_detection_source,
+)
 from ..data.imageset import Decoded
 from ..data.sources import ImageRecord, list_images
 from ..errors import ConfigError, DataError, ModelError
@@ -67,6 +73,7 @@ class Engine:
         self._decoded: dict[Path, Decoded | str] = {}
         self._splits: dict[str, ImageSet] = {}
         self._class_names: list[str] | None = None
+        self.data_notes: list[str] = []
         self._runners: dict[tuple[str, str, str], OrtRunner] = {}
         self._outputs: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
         self._range_sets: dict[str, Ranges] = {}
@@ -93,8 +100,12 @@ class Engine:
                     "data.evaluation is not set; give a folder of labelled images "
                     "(data.evaluation.path and labels)"
                 )
-            labeled = read_classification_source(src.path, src.labels, src.class_names)
+            if self.config.task == "detection":
+                labeled = read_detection_source(src.path, src.labels, src.class_names)
+            else:
+                labeled = read_classification_source(src.path, src.labels, src.class_names)
             self._class_names = labeled.class_names
+            self.data_notes = labeled.notes
             return self._sample(labeled.records, src.limit)
         if split == "calibration":
             src = data.calibration
@@ -205,7 +216,13 @@ class Engine:
         """The ONNX model a context runs (the QDQ model for ``quantized`` and ``int8``)."""
         if self._model_key(context, plan, ranges) == "native":
             return self.float_model
-        return build_qdq(self.float_model, plan or self.plan(), self.ranges(ranges), self.layers)
+        return build_qdq(
+            self.float_model,
+            plan or self.plan(),
+            self.ranges(ranges),
+            self.layers,
+            for_integer_kernels=context == "int8",
+        )
 
     def _runner(
         self,

@@ -36,8 +36,13 @@ class RichProgress:
             yield lambda n=1: bar.advance(tid, n)
 
 
-def _fmt_ci(ci: tuple[float, float] | list[float]) -> str:
-    return f"{ci[0]:.2f} … {ci[1]:.2f}"
+def _fmt(x: float, metric: str, sign: bool = False) -> str:
+    """Metrics are in percent (mAP too): 2 decimals."""
+    return f"{x:+.2f}" if sign else f"{x:.2f}"
+
+
+def _fmt_ci(ci: tuple[float, float] | list[float], metric: str) -> str:
+    return f"{_fmt(ci[0], metric)} … {_fmt(ci[1], metric)}"
 
 
 def print_evaluation(report: Report, console: Console) -> None:
@@ -45,25 +50,30 @@ def print_evaluation(report: Report, console: Console) -> None:
     for col in ("context", "metric", "value", "95% CI", "images"):
         table.add_column(col, justify="right" if col in ("value", "images") else "left")
     for name, ctx in report.contexts.items():
-        table.add_row(name, ctx.metric, f"{ctx.value:.2f}", _fmt_ci(ctx.ci95), str(ctx.n))
+        m = ctx.metric
+        table.add_row(name, m, _fmt(ctx.value, m), _fmt_ci(ctx.ci95, m), str(ctx.n))
     console.print(table)
     if report.comparisons:
         cmp_table = Table(title="Paired differences (same images)", title_justify="left")
-        for col in ("context", "vs", "Δ points", "95% CI", "McNemar p", "top-1 agreement*"):
+        first = report.comparisons[0]
+        agree = (
+            "top-1 agreement*"
+            if first["agreement_name"] == "top1_agreement"
+            else "det. F1 agreement*"
+        )
+        for col in ("context", "vs", "Δ", "95% CI", "p", agree):
             cmp_table.add_column(col, justify="left" if col in ("context", "vs") else "right")
         for c in report.comparisons:
             cmp_table.add_row(
                 c["context"],
                 c["reference"],
-                f"{c['difference']:+.2f}",
-                _fmt_ci(c["ci95"]),
+                _fmt(c["difference"], c["metric"], sign=True),
+                _fmt_ci(c["ci95"], c["metric"]),
                 f"{c['p_value']:.3g}",
-                f"{c['top1_agreement']:.2f}%",
+                f"{c['agreement']:.2f}%",
             )
         console.print(cmp_table)
-        console.print(
-            "[dim]* two-way agreement: how often both predict the same class; not accuracy.[/dim]"
-        )
+        console.print(f"[dim]p: {first['test']}. * {first['agreement_note']}.[/dim]")
 
 
 def print_findings(report: Report, console: Console) -> None:

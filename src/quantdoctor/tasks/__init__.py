@@ -1,7 +1,7 @@
-"""Per task: host postprocessing (decoders) and the metric, with per-image scores kept for
+"""Per task: host postprocessing (decoders) and the metric, with per-image results kept for
 paired statistics."""
 
-from .base import TaskScores, make_task
+from .base import ClassificationScores, Task, TaskScores, make_task
 from .classification import ClassificationTask
 
-__all__ = ["ClassificationTask", "TaskScores", "make_task"]
+__all__ = ["ClassificationScores", "ClassificationTask", "Task", "TaskScores", "make_task"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,31 +12,79 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..stats import mcnemar_exact
 
 if TYPE_CHECKING:
     from ..config import DoctorConfig
-    from .classification import ClassificationTask
+    from ..data import ImageSet
+
+
+class TaskScores(ABC):
+    """Results of one context on one split, kept per image so that two contexts on the same
+    images can be compared pair-wise (paired bootstrap over images) without running any
+    model again."""
+
+    metric: str
+    n: int
+    #: Bootstrap resamples used for CIs (each costs one metric evaluation).
+    n_bootstrap: int = 2000
+
+    @property
+    @abstractmethod
+    def value(self) -> float:
+        """The metric on all images (percent for top-k, 0..1 for mAP)."""
+
+    @abstractmethod
+    def values_for(self, index: np.ndarray) -> np.ndarray:
+        """The metric for each row of resampled image indices [B, n] (bootstrap)."""
+
+    def paired_test(self, other: TaskScores) -> dict[str, Any] | None:
+        """An exact paired test against ``other`` where the task has one (else the caller uses
+        the paired bootstrap's own p-value)."""
+        return None
+
+    @abstractmethod
+    def agreement(self, other: TaskScores) -> tuple[str, float, str]:
+        """(name, value, note) of the two-way agreement between the two contexts' answers."""
 
 
 @dataclass(frozen=True)
-class TaskScores:
-    """Per-image results of one context on one split.
-
-    ``per_image`` is what the metric averages (1.0 / 0.0 correctness for top-k) so that two
-    contexts on the same images can be compared pair-wise; ``prediction`` is the decoded
-    answer (class index) used for the two-way agreement between contexts."""
+class ClassificationScores(TaskScores):
+    """``per_image`` is 1.0 / 0.0 correctness (top-k); ``prediction`` the top-1 class."""
 
     metric: str
     per_image: np.ndarray
     prediction: np.ndarray
 
     @property
+    def n(self) -> int:  # type: ignore[override]
+        return len(self.per_image)
+
+    @property
     def value(self) -> float:
         return float(self.per_image.mean() * 100.0) if len(self.per_image) else float("nan")
 
     def values_for(self, index: np.ndarray) -> np.ndarray:
-        """Metric values for resampled index sets [B, n] (bootstrap)."""
         return self.per_image[index].mean(axis=-1) * 100.0
+
+    def paired_test(self, other: TaskScores) -> dict[str, Any] | None:
+        assert isinstance(other, ClassificationScores)
+        test = mcnemar_exact(self.per_image, other.per_image)
+        return {
+            "test": "McNemar exact (paired, per image)",
+            "p_value": test.p_value,
+            "only_reference_correct": test.only_a,
+            "only_context_correct": test.only_b,
+        }
+
+    def agreement(self, other: TaskScores) -> tuple[str, float, str]:
+        assert isinstance(other, ClassificationScores)
+        return (
+            "top1_agreement",
+            float((self.prediction == other.prediction).mean() * 100.0),
+            "two-way: how often both predict the same class; it says nothing about accuracy "
+            "against ground truth",
+        )
 
 
 def load_plugin(spec: str, base: Path | None) -> Callable[..., Any]:
@@ -62,9 +111,35 @@ def load_plugin(spec: str, base: Path | None) -> Callable[..., Any]:
     return fn
 
 
-def make_task(config: DoctorConfig) -> ClassificationTask:
+class Task(ABC):
+    """Host postprocessing + metric of one task."""
+
+    name: str
+    metric: str
+
+    @abstractmethod
+    def score(self, outputs: dict[str, np.ndarray], images: ImageSet) -> TaskScores:
+        """Decode the model outputs of all images of a split and score them against ground
+        truth."""
+
+
+def make_task(config: DoctorConfig) -> Task:
     from .classification import ClassificationTask
+    from .detection import DetectionTask
 
     if config.task == "classification":
         return ClassificationTask.from_config(config)
+    if config.task == "detection":
+        return DetectionTask.from_config(config)
     raise ConfigError(f"task {config.task!r} is not supported")
+
+
+def plugin_meta(images: ImageSet, i: int) -> dict[str, Any]:
+    """The ``meta`` argument of a postprocess plugin for image ``i`` (DESIGN §3)."""
+    m = images.metas[i]
+    return {
+        "path": str(images.paths[i]),
+        "orig_hw": m.orig_hw,
+        "scale_hw": m.scale_hw,
+        "pad_tl": m.pad_tl,
+    }

@@ -1,27 +1,26 @@
 """Classification: scores → top-1 / top-5 correctness per image.
 
 >>> task = ClassificationTask(metric="top1")
->>> s = task.score({"logits": np.array([[0.1, 2.0], [3.0, 0.0]])}, labels=np.array([1, 1]))
->>> s.per_image.tolist(), s.value
-([1.0, 0.0], 50.0)
+>>> task.scores({"logits": np.array([[0.1, 2.0], [3.0, 0.0]])}).argmax(1).tolist()
+[1, 0]
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import DataError, QuantdoctorError
-from .base import TaskScores, load_plugin
+from .base import ClassificationScores, Task, load_plugin, plugin_meta
 
 if TYPE_CHECKING:
     from ..config import DoctorConfig
-    from ..data import ImageMeta
+    from ..data import ImageSet
 
 
-class ClassificationTask:
+class ClassificationTask(Task):
     """Host postprocessing for classifiers: built-in (pick an output, it holds the scores) or a
     Python plugin ``fn(outputs, meta) -> 1-D scores`` called per image."""
 
@@ -56,15 +55,10 @@ class ClassificationTask:
             )
         return cls(config.metric, post.output, plugin)
 
-    def scores(
-        self,
-        outputs: dict[str, np.ndarray],
-        metas: Sequence[ImageMeta] | None = None,
-        paths: Sequence[object] | None = None,
-    ) -> np.ndarray:
+    def scores(self, outputs: dict[str, np.ndarray], images: ImageSet | None = None) -> np.ndarray:
         """Class scores [N, C] from raw model outputs."""
         if self.plugin is not None:
-            return self._plugin_scores(outputs, metas, paths)
+            return self._plugin_scores(outputs, images)
         name = self.output or next(iter(outputs))
         if name not in outputs:
             raise QuantdoctorError(
@@ -73,16 +67,11 @@ class ClassificationTask:
         x = outputs[name]
         return x.reshape(len(x), -1)
 
-    def _plugin_scores(self, outputs, metas, paths) -> np.ndarray:  # type: ignore[no-untyped-def]
+    def _plugin_scores(self, outputs: dict[str, np.ndarray], images: ImageSet | None) -> np.ndarray:
         n = len(next(iter(outputs.values())))
         rows = []
         for i in range(n):
-            meta = {}
-            if metas is not None:
-                m = metas[i]
-                meta = {"orig_hw": m.orig_hw, "scale_hw": m.scale_hw, "pad_tl": m.pad_tl}
-            if paths is not None:
-                meta["path"] = str(paths[i])
+            meta = plugin_meta(images, i) if images is not None else {}
             try:
                 row = np.asarray(self.plugin({k: v[i] for k, v in outputs.items()}, meta))  # type: ignore[misc]
             except Exception as err:
@@ -101,21 +90,19 @@ class ClassificationTask:
             )
         return np.stack(rows)
 
-    def score(
-        self,
-        outputs: dict[str, np.ndarray],
-        labels: np.ndarray | None,
-        metas: Sequence[ImageMeta] | None = None,
-        paths: Sequence[object] | None = None,
-    ) -> TaskScores:
+    def score(self, outputs: dict[str, np.ndarray], images: ImageSet) -> ClassificationScores:
+        labels = images.labels
         if labels is None:
             raise DataError("the evaluation images have no labels; give data.evaluation.labels")
-        scores = self.scores(outputs, metas, paths)
+        scores = self.scores(outputs, images)
         if labels.max(initial=0) >= scores.shape[1]:
             raise DataError(
                 f"a label ({int(labels.max())}) is out of range for a model with "
                 f"{scores.shape[1]} classes; check the labels file or class_names"
             )
-        top = np.argsort(-scores, axis=1, kind="stable")[:, : self.k]
+        if self.k == 1:
+            top = scores.argmax(axis=1)[:, None]
+        else:
+            top = np.argsort(-scores, axis=1, kind="stable")[:, : self.k]
         correct = (top == labels[:, None]).any(axis=1).astype(np.float64)
-        return TaskScores(self.metric, correct, top[:, 0])
+        return ClassificationScores(self.metric, correct, top[:, 0])

@@ -83,3 +83,29 @@ def test_resnet20_cifar10(resnet20: Path, tmp_path: Path) -> None:
     assert native.n == 2000
     assert 80.0 < native.value < 82.5  # README: 81.0% on the 10k JPEG test set
     assert abs(native.value - quant.value) < 1.5
+
+
+def test_yolox_nano_coco128(tmp_path: Path) -> None:
+    model = SHARED_DATA / "models" / "yolox_nano.onnx"
+    cfg = quantdoctor.load_config(EXAMPLES / "yolox_nano_coco128.yaml")
+    cfg = cfg.model_copy(update={"model": model, "target": TargetConfig(profile="int8")})
+    report = quantdoctor.evaluate(cfg, write=False)
+    native, quant, int8 = (report.contexts[c] for c in ("native", "quantized", "int8"))
+    assert native.n == 128 and native.metric == "map"
+    assert 32.0 < native.value < 36.0  # README: ≈ 0.34 with a simpler evaluator
+    assert native.ci95[0] < native.value < native.ci95[1]
+    # min/max calibration under per-channel int8 loses much of YOLOX-Nano's accuracy
+    drop = next(c for c in report.comparisons if c["context"] == "quantized")
+    assert drop["ci95"][1] < 0 and drop["p_value"] < 0.05
+    assert abs(quant.value - int8.value) < 2.0
+
+
+def test_yolox_nano_map50(tmp_path: Path) -> None:
+    cfg = quantdoctor.load_config(EXAMPLES / "yolox_nano_coco128.yaml")
+    cfg = cfg.model_copy(update={"metric": "map50"})
+    from quantdoctor.checks.evaluation import score_context
+    from quantdoctor.engine import Engine
+    from quantdoctor.tasks import make_task
+
+    _, native = score_context(Engine(cfg), make_task(cfg), "native")
+    assert 47.0 < native.value < 52.0  # README: ≈ 0.50

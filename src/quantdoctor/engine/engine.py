@@ -77,6 +77,7 @@ class Engine:
         self._runners: dict[tuple[str, str, str], OrtRunner] = {}
         self._outputs: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
         self._range_sets: dict[str, Ranges] = {}
+        self._qdq_models: dict[tuple[str, str, bool], onnx.ModelProto] = {}
 
     # --- data ------------------------------------------------------------------------------
     @property
@@ -216,13 +217,16 @@ class Engine:
         """The ONNX model a context runs (the QDQ model for ``quantized`` and ``int8``)."""
         if self._model_key(context, plan, ranges) == "native":
             return self.float_model
-        return build_qdq(
-            self.float_model,
-            plan or self.plan(),
-            self.ranges(ranges),
-            self.layers,
-            for_integer_kernels=context == "int8",
-        )
+        plan = plan or self.plan()
+        # The integer-kernel variant differs only where tensors are not 8-bit.
+        integer = context == "int8" and plan.uses_non_8bit()
+        key = (_plan_key(plan), ranges, integer)
+        if key not in self._qdq_models:
+            self._qdq_models[key] = build_qdq(
+                self.float_model, plan, self.ranges(ranges), self.layers,
+                for_integer_kernels=integer,
+            )
+        return self._qdq_models[key]
 
     def _runner(
         self,

@@ -92,6 +92,15 @@ class QuantPlan:
         return replace(self, enabled_only=frozenset(patterns))
 
     # --- queries used by the builder -------------------------------------------------------
+    def uses_non_8bit(self) -> bool:
+        """Whether any tensor may be quantized to other than 8 bits."""
+        t = self.target
+        return (
+            t.activations.bits != 8
+            or t.weights.bits != 8
+            or any(PRECISIONS[p] != (8, 8) for p in self.precision.values())
+        )
+
     def layer_enabled(self, layer: LayerInfo) -> bool:
         if _matches(layer, self.disabled_layers):
             return False

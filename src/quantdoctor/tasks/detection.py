@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Bootstrap resamples for mAP (each re-runs only COCO accumulate: ~5 ms).
-N_BOOTSTRAP_MAP = 1000
+N_BOOTSTRAP_MAP = 500
 
 
 @dataclass(frozen=True)

@@ -1,40 +1,119 @@
 """The Python API; the CLI is a thin layer over it.
 
 >>> import quantdoctor
->>> report = quantdoctor.evaluate(quantdoctor.load_config("doctor.yaml"))   # doctest: +SKIP
->>> report.contexts["native"].value, report.top_suspect.id                  # doctest: +SKIP
-(88.8, 'evaluation.degradation')
+>>> cfg = quantdoctor.load_config("doctor.yaml")                       # doctest: +SKIP
+>>> report = quantdoctor.diagnose(cfg)                                 # doctest: +SKIP
+>>> report.top_suspect.id                                              # doctest: +SKIP
+'pipeline.normalization_duplicated'
+>>> quantdoctor.evaluate(cfg).contexts["int8"].value                   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .checks.evaluation import EvaluationResult, three_way_test
+from .checks.pipeline import pipeline_checks
 from .config import DoctorConfig, TargetConfig
 from .engine import Engine
 from .errors import QuantdoctorError
 from .progress import Progress
 from .quant import resolve_target
 from .report import Finding, Report
-from .tasks import make_task
+from .tasks import Task, make_native_task, make_task
+
+#: What diagnose prints and stores when step 1 found an error.
+UNRELIABLE = "not a pure quantization issue: the float pipeline itself is wrong (suspect 1)"
 
 
-def _setup_findings(engine: Engine) -> list[Finding]:
-    out = []
-    for split, images in engine._splits.items():
-        if images.failures:
-            out.append(
-                Finding(
-                    "setup.unreadable_images",
-                    0,
-                    "warning",
+class _Run:
+    """One command's run: the engine, the report, and saving after every step."""
+
+    def __init__(
+        self,
+        config: DoctorConfig,
+        progress: Progress | None,
+        target: str | None,
+        report_dir: Path | None,
+        write: bool,
+    ) -> None:
+        if target is not None:
+            config = config.model_copy(update={"target": TargetConfig(profile=target)})  # type: ignore[arg-type]
+        self.config = config
+        self.folder = report_dir or config.report.dir
+        self.write = write
+        self.report = Report(config=str(config.source) if config.source else "")
+        self.engine = Engine(config, progress, resolve_target(config.target))
+        self.task: Task = make_task(config)
+        self.native_task = make_native_task(config)
+
+    def save(self) -> None:
+        if self.write:
+            self.report.write_json(self.folder)
+
+    def step(self, name: str, fn: Callable[[], Any]) -> Any:
+        """Run a step; on bad input keep what is done, record the failure, re-raise."""
+        try:
+            out = fn()
+        except QuantdoctorError as err:
+            self.report.steps[name] = f"failed: {err}"
+            self.save()
+            raise
+        self.report.steps[name] = "done"
+        self.save()
+        return out
+
+    def setup(self) -> None:
+        """Step 0: model, data and labels load; one pass of the float model runs."""
+        engine, config = self.engine, self.config
+        images = engine.images("evaluation")
+        self.report.setup = {
+            "model": str(config.model),
+            "input": {"name": engine.input.name, "shape": list(engine.input.shape)},
+            "outputs": [o.name for o in engine.info.outputs],
+            "task": config.task,
+            "target": engine.target.name,
+            "target_description": engine.target.description,
+            "evaluation_images": len(images),
+            "calibration_method": config.calibration.method,
+            "layers": len(engine.layers),
+            "data_notes": list(engine.data_notes),
+        }
+        self.report.findings.extend(self._setup_findings())
+
+    def _setup_findings(self) -> list[Finding]:
+        out = []
+        for split in ("evaluation", "calibration"):
+            images = self.engine._splits.get(split)
+            if images is not None and images.failures:
+                out.append(Finding(
+                    "setup.unreadable_images", 0, "warning",
                     f"{len(images.failures)} {split} image(s) could not be read and were skipped",
                     {"split": split, "files": [[str(p), e] for p, e in images.failures]},
                     "Fix or remove these files; results use only the readable images.",
-                )
-            )
-    return out
+                ))
+        return out
+
+    def three_way(self, max_drop: float | None) -> EvaluationResult:
+        budget = self.config.max_drop if max_drop is None else max_drop
+
+        def on_context(partial: EvaluationResult) -> None:
+            self.report.contexts = dict(partial.contexts)
+            self.save()
+
+        result = three_way_test(
+            self.engine, self.task, max_drop=budget, seed=self.config.seed,
+            on_context=on_context, native_task=self.native_task,
+        )
+        self.report.contexts = result.contexts
+        self.report.comparisons = result.comparisons
+        self.report.findings.extend(result.findings)
+        self.report.setup["calibration_images"] = len(self.engine.images("calibration"))
+        if not any(f.id == "setup.unreadable_images" for f in self.report.findings):
+            self.report.findings.extend(self._setup_findings())
+        return result
 
 
 def evaluate(
@@ -46,54 +125,43 @@ def evaluate(
     report_dir: Path | None = None,
     write: bool = True,
 ) -> Report:
-    """The three-way test: native, quantized (float emulation) and int8 (fused integer
-    kernels) against ground truth. Writes ``<report.dir>/findings.json`` after each step.
+    """The three-way test (DESIGN §4 step 3): native, quantized (float emulation) and int8
+    (fused integer kernels) against ground truth. Writes ``<report.dir>/findings.json``
+    after each step. ``target`` replaces the config's target profile."""
+    run = _Run(config, progress, target, report_dir, write)
+    run.step("setup", run.setup)
+    run.step("evaluation", lambda: run.three_way(max_drop))
+    return run.report
 
-    ``target`` replaces the config's target profile (``"hailo8"`` / ``"int8"``)."""
-    if target is not None:
-        config = config.model_copy(update={"target": TargetConfig(profile=target)})  # type: ignore[arg-type]
-    folder = report_dir or config.report.dir
-    report = Report(config=str(config.source) if config.source else "")
-    save = (lambda: report.write_json(folder)) if write else (lambda: None)
-    budget = config.max_drop if max_drop is None else max_drop
 
-    engine = Engine(config, progress, resolve_target(config.target))
-    task = make_task(config)
-    images = engine.images("evaluation")
-    report.setup = {
-        "model": str(config.model),
-        "input": {"name": engine.input.name, "shape": list(engine.input.shape)},
-        "outputs": [o.name for o in engine.info.outputs],
-        "target": engine.target.name,
-        "target_description": engine.target.description,
-        "evaluation_images": len(images),
-        "calibration_images": config.calibration.size,
-        "calibration_method": config.calibration.method,
-        "layers": len(engine.layers),
-    }
-    report.steps["setup"] = "done"
-    report.findings.extend(_setup_findings(engine))
-    save()
+def diagnose(
+    config: DoctorConfig,
+    *,
+    progress: Progress | None = None,
+    max_drop: float | None = None,
+    target: str | None = None,
+    report_dir: Path | None = None,
+    write: bool = True,
+) -> Report:
+    """The checklist (DESIGN §4): setup, the float pipeline (suspect 1), the three-way test
+    (suspect 3). findings.json is written after each step; when step 1 finds an error the
+    quantized results are marked unreliable."""
+    run = _Run(config, progress, target, report_dir, write)
+    report = run.report
+    run.step("setup", run.setup)
 
-    def on_context(partial: EvaluationResult) -> None:
-        report.contexts = dict(partial.contexts)
-        save()
+    def pipeline() -> None:
+        result = pipeline_checks(run.engine, run.task, run.native_task, seed=config.seed)
+        report.findings.extend(result.findings)
+        report.evidence["pipeline"] = result.evidence
+        if result.has_error:
+            report.reliability = UNRELIABLE
 
-    try:
-        result = three_way_test(
-            engine, task, max_drop=budget, seed=config.seed, on_context=on_context
-        )
-    except QuantdoctorError as err:
-        report.steps["evaluation"] = f"failed: {err}"
-        save()
-        raise
-    report.setup["calibration_images"] = len(engine.images("calibration"))
-    report.findings = _setup_findings(engine) + result.findings
-    report.contexts = result.contexts
-    report.comparisons = result.comparisons
-    report.steps["evaluation"] = "done"
-    save()
+    run.step("pipeline", pipeline)
+    run.step("evaluation", lambda: run.three_way(max_drop))
+    if report.reliability:
+        for f in report.findings:
+            if f.suspect == 3:
+                f.evidence["unreliable"] = UNRELIABLE
+    run.save()
     return report
-
-
-__all__ = ["evaluate"]

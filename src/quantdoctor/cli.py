@@ -47,31 +47,34 @@ def _main(
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
 
-@app.command()
-def evaluate(
-    config: Annotated[Path, typer.Argument(help="doctor.yaml")],
-    max_drop: Annotated[
-        float | None, typer.Option(help="Accuracy drop budget in points (default: config).")  # noqa: UP007
-    ] = None,
-    target: Annotated[
-        str | None, typer.Option(help="Override the target profile: hailo8 or int8.")  # noqa: UP007
-    ] = None,
-    report_dir: Annotated[
-        Path | None, typer.Option(help="Where findings.json goes (default: config report.dir).")  # noqa: UP007
-    ] = None,
-    debug: Annotated[bool, DEBUG] = False,
-) -> None:
-    """The three-way test: native, quantized and int8 against ground truth, with CIs."""
-    from .api import evaluate as run_evaluate
+ConfigArg = Annotated[Path, typer.Argument(help="doctor.yaml")]
+MaxDrop = Annotated[
+    float | None,
+    typer.Option(help="Accuracy drop budget in points (default: the config's max_drop)."),
+]
+TargetOpt = Annotated[
+    str | None,
+    typer.Option(help="Override the target profile: hailo8 or int8."),
+]
+ReportDir = Annotated[
+    Path | None,
+    typer.Option(help="Where findings.json goes (default: the config's report.dir)."),
+]
+
+
+def _run(command: str, config: Path, max_drop: float | None, target: str | None,
+         report_dir: Path | None, debug: bool) -> None:
+    from . import api
     from .config import load_config
-    from .report.console import RichProgress, print_evaluation, print_findings
+    from .report.console import RichProgress, print_evaluation, print_findings, print_summary
 
     try:
         if target is not None and target not in ("hailo8", "int8"):
             raise QuantdoctorError(f"--target {target!r} is unknown; use hailo8 or int8")
         cfg = load_config(config)
-        report = run_evaluate(
-            cfg, progress=RichProgress(err), max_drop=max_drop, target=target, report_dir=report_dir
+        report = getattr(api, command)(
+            cfg, progress=RichProgress(err), max_drop=max_drop, target=target,
+            report_dir=report_dir,
         )
     except QuantdoctorError as e:
         _fail(e, debug)
@@ -80,9 +83,36 @@ def evaluate(
         err.print("interrupted; findings.json holds the steps finished so far")
         raise typer.Exit(130) from None
     print_evaluation(report, out)
+    if command == "diagnose":
+        print_summary(report, out)
     print_findings(report, out)
     folder = report_dir or cfg.report.dir
     out.print(f"\nfindings: {folder / 'findings.json'}")
+
+
+@app.command()
+def evaluate(
+    config: ConfigArg,
+    max_drop: MaxDrop = None,
+    target: TargetOpt = None,
+    report_dir: ReportDir = None,
+    debug: Annotated[bool, DEBUG] = False,
+) -> None:
+    """The three-way test: native, quantized and int8 against ground truth, with CIs."""
+    _run("evaluate", config, max_drop, target, report_dir, debug)
+
+
+@app.command()
+def diagnose(
+    config: ConfigArg,
+    max_drop: MaxDrop = None,
+    target: TargetOpt = None,
+    report_dir: ReportDir = None,
+    debug: Annotated[bool, DEBUG] = False,
+) -> None:
+    """The whole checklist: the float pipeline, then the three-way test; names the top
+    suspect."""
+    _run("diagnose", config, max_drop, target, report_dir, debug)
 
 
 def main() -> None:

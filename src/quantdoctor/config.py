@@ -176,6 +176,41 @@ class CalibrationStep(_Strict):
     calibration: CalibrationCommand
 
 
+class NormalizationCommand(_Strict):
+    """``(x - mean) / std`` folded into the model as its first layer (the model then takes
+    un-normalized input), in the channel order the model receives."""
+
+    mean: list[float]
+    std: list[float]
+
+    _three = field_validator("mean", "std", mode="before")(PreprocessConfig._per_channel.__func__)
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _len(cls, value: list[float]) -> list[float]:
+        if len(value) != 3:
+            raise ValueError(f"expected 3 values (one per channel), got {len(value)}")
+        return value
+
+    @field_validator("std")
+    @classmethod
+    def _nonzero(cls, value: list[float]) -> list[float]:
+        if any(v == 0 for v in value):
+            raise ValueError("std must not contain 0")
+        return value
+
+
+class NormalizationStep(_Strict):
+    normalization: NormalizationCommand
+
+
+class InputConversionStep(_Strict):
+    """A channel conversion folded into the model: the host feeds one order, the model
+    converts it to the order it was trained on."""
+
+    input_conversion: Literal["bgr_to_rgb", "rgb_to_bgr"]
+
+
 class QuantizationParamStep(_Strict):
     quantization_param: QuantizationParamCommand
 
@@ -183,8 +218,6 @@ class QuantizationParamStep(_Strict):
 #: Recipe commands of DESIGN §2 that later versions implement; accepted by the
 #: schema so that a config is future-proof, refused with a clear error when run.
 PLANNED_COMMANDS = (
-    "normalization",
-    "input_conversion",
     "activation_clipping",
     "weights_clipping",
     "equalization",
@@ -203,9 +236,13 @@ def _step_kind(value: Any) -> str | None:
         key = next(iter(value))
         return "planned" if key in PLANNED_COMMANDS else key
     if isinstance(value, BaseModel):
-        return {CalibrationStep: "calibration", QuantizationParamStep: "quantization_param"}.get(
-            type(value), "planned"
-        )
+        kinds = {
+            CalibrationStep: "calibration",
+            QuantizationParamStep: "quantization_param",
+            NormalizationStep: "normalization",
+            InputConversionStep: "input_conversion",
+        }
+        return kinds.get(type(value), "planned")
     return None
 
 
@@ -213,13 +250,16 @@ RecipeStep = Annotated[
     Union[  # noqa: UP007 - pydantic's tagged union syntax
         Annotated[CalibrationStep, Tag("calibration")],
         Annotated[QuantizationParamStep, Tag("quantization_param")],
+        Annotated[NormalizationStep, Tag("normalization")],
+        Annotated[InputConversionStep, Tag("input_conversion")],
         Annotated[PlannedStep, Tag("planned")],
     ],
     Discriminator(
         _step_kind,
         custom_error_type="recipe_command",
         custom_error_message=(
-            "each recipe entry is one command: {calibration: ...}, {quantization_param: ...}"
+            "each recipe entry is one command: {calibration: ...}, {quantization_param: ...}, "
+            "{normalization: {mean, std}}, {input_conversion: bgr_to_rgb}"
             f" or one of {', '.join(PLANNED_COMMANDS)}"
         ),
     ),
@@ -240,6 +280,9 @@ class DoctorConfig(_Strict):
     data: DataConfig = DataConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     postprocess: PostprocessConfig = PostprocessConfig()
+    # How to decode the FULL graph's outputs when end_nodes cut it (the native context runs
+    # the full graph); defaults to ``postprocess``.
+    native_postprocess: PostprocessConfig | None = None
     metric: Literal["top1", "top5", "map", "map50"] | None = None
     reference_accuracy: float | None = Field(default=None, ge=0, le=100)
     target: TargetConfig = TargetConfig()
@@ -288,6 +331,17 @@ class DoctorConfig(_Strict):
         return CalibrationCommand()
 
     @property
+    def input_transforms(self) -> list[NormalizationCommand | str]:
+        """The recipe's float input transforms in order (normalization, input_conversion)."""
+        out: list[NormalizationCommand | str] = []
+        for step in self.recipe:
+            if isinstance(step, NormalizationStep):
+                out.append(step.normalization)
+            elif isinstance(step, InputConversionStep):
+                out.append(step.input_conversion)
+        return out
+
+    @property
     def precisions(self) -> list[QuantizationParamCommand]:
         return [s.quantization_param for s in self.recipe if isinstance(s, QuantizationParamStep)]
 
@@ -306,19 +360,11 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif (
-            item in ("calibration", "quantization_param", "planned")
-            and parts[-1:]
-            and parts[-1].startswith("[")
-        ):
-            # The tagged-union layer repeats the command name; keep it once.
-            parts.append(f".{item}")
+        elif parts and parts[-1] == f".{item}":
+            continue  # the tagged-union layer repeats the recipe command's name
         else:
             parts.append(f".{item}" if parts else str(item))
-    text = "".join(parts)
-    return text.replace(".calibration.calibration", ".calibration").replace(
-        ".quantization_param.quantization_param", ".quantization_param"
-    )
+    return "".join(parts)
 
 
 def _format_errors(err: ValidationError, where: str) -> str:

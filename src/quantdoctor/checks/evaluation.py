@@ -47,15 +47,21 @@ def score_context(
 
 
 def compare(
-    a_name: str, a: TaskScores, b_name: str, b: TaskScores, seed: int = 0
+    a_name: str,
+    a: TaskScores,
+    b_name: str,
+    b: TaskScores,
+    seed: int = 0,
+    n_boot: int | None = None,
 ) -> dict[str, Any]:
     """``b`` against ``a`` on the same images: difference (b - a), paired-bootstrap CI, an
     exact paired test where the task has one, and the two-way agreement."""
+    n_boot = n_boot or a.n_bootstrap
     diff = paired_bootstrap(
-        a.values_for, b.values_for, a.n, b.value - a.value, n_boot=a.n_bootstrap, seed=seed
+        a.values_for, b.values_for, a.n, b.value - a.value, n_boot=n_boot, seed=seed
     )
     test = a.paired_test(b) or {
-        "test": f"paired bootstrap over images ({a.n_bootstrap} resamples)",
+        "test": f"paired bootstrap over images ({n_boot} resamples)",
         "p_value": diff.p_value,
     }
     name, agreement, note = a.agreement(b)
@@ -141,35 +147,51 @@ def too_few_images(n: int, ci: tuple[float, float]) -> Finding | None:
     )
 
 
+def default_contexts(engine: Engine) -> list[str]:
+    """native, fp_optimized (when the recipe makes it differ from native), quantized, int8."""
+    return ["native"] + ([] if engine.fp_is_native else ["fp_optimized"]) + ["quantized", "int8"]
+
+
 def three_way_test(
     engine: Engine,
     task: Task,
-    contexts: Sequence[str] = ("native", "quantized", "int8"),
+    contexts: Sequence[str] | None = None,
     max_drop: float = 1.0,
     seed: int = 0,
     on_context: Callable[[EvaluationResult], None] | None = None,
+    native_task: Task | None = None,
 ) -> EvaluationResult:
-    """Score every context against ground truth and compare the quantized ones to native.
+    """Score every context against ground truth; compare the quantized contexts with their
+    float counterpart (fp_optimized, which is native when the recipe has no float
+    transforms).
 
+    ``native_task`` decodes the full graph's outputs when end_nodes cut the deployed model;
     ``on_context`` is called after each context so that results are saved as they come."""
+    contexts = list(contexts or default_contexts(engine))
     result = EvaluationResult()
     for ctx in contexts:
-        scores, summary = score_context(engine, task, ctx, seed)
+        ctx_task = native_task if ctx == "native" and native_task is not None else task
+        scores, summary = score_context(engine, ctx_task, ctx, seed)
         result.scores[ctx], result.contexts[ctx] = scores, summary
         if on_context:
             on_context(result)
-    native = result.scores.get("native")
-    if native is None:
+    reference = "fp_optimized" if "fp_optimized" in result.scores else "native"
+    ref = result.scores.get(reference)
+    if ref is None:
         return result
-    few = too_few_images(native.n, result.contexts["native"].ci95)
+    few = too_few_images(ref.n, result.contexts[reference].ci95)
     if few:
         result.findings.append(few)
-    for ctx in contexts:
-        if ctx == "native":
-            continue
-        cmp = compare("native", native, ctx, result.scores[ctx], seed)
-        result.comparisons.append(cmp)
-        result.findings.append(_verdict(cmp, max_drop, engine.target.name))
+    if reference == "fp_optimized" and "native" in result.scores:
+        # the pipeline check judges this one; here it is only reported
+        result.comparisons.append(
+            compare("native", result.scores["native"], "fp_optimized", ref, seed)
+        )
+    for ctx in ("quantized", "int8"):
+        if ctx in result.scores:
+            cmp = compare(reference, ref, ctx, result.scores[ctx], seed)
+            result.comparisons.append(cmp)
+            result.findings.append(_verdict(cmp, max_drop, engine.target.name))
     if "quantized" in result.scores and "int8" in result.scores:
         result.comparisons.append(
             compare("quantized", result.scores["quantized"], "int8", result.scores["int8"], seed)

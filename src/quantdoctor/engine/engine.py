@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from ..config import DoctorConfig, ImageSourceConfig
+from ..config import DoctorConfig, ImageSourceConfig, NormalizationCommand
 from ..data import (
     ImageSet,
     Preprocessor,
@@ -29,15 +30,34 @@ from ..data.sources import ImageRecord, list_images
 from ..errors import ConfigError, DataError, ModelError
 from ..graph import ModelInfo, check_input_matches, clean_model, inspect_model, load_model
 from ..graph.model import input_hw
+from ..graph.transforms import apply_input_transforms, cut_end_nodes, host_input_transform
 from ..progress import NullProgress, Progress
 from ..quant import QuantPlan, Ranges, Target, build_qdq, calibrate, find_layers, resolve_target
 from ..quant.plan import LayerInfo
 from ..quant.qdq import tensors_to_calibrate
 from .runner import OrtRunner
 
-#: Contexts this version runs (DESIGN §2); fp_optimized and external come later.
-CONTEXTS = ("native", "quantized", "int8")
-_OPTIMIZATION = {"native": "all", "quantized": "emulate", "int8": "all"}
+#: Contexts this version runs (DESIGN §2); external (device outputs) comes later.
+CONTEXTS = ("native", "fp_optimized", "quantized", "int8")
+_OPTIMIZATION = {"native": "all", "fp_optimized": "all", "quantized": "emulate", "int8": "all"}
+
+
+@dataclass(frozen=True)
+class InputVariant:
+    """A change to what the host feeds the model, to test a hypothesis about the pipeline
+    (``name`` identifies it in caches and reports).
+
+    ``color`` overrides the channel order; ``host_normalization=False`` drops the host's
+    mean/std; ``transforms`` replaces the recipe's input transforms that the native context
+    applies on the host (e.g. one normalization more or less)."""
+
+    name: str
+    color: str | None = None
+    host_normalization: bool = True
+    transforms: tuple[NormalizationCommand | str, ...] | None = None
+
+
+DECLARED = InputVariant("declared")
 
 
 def _plan_key(plan: QuantPlan) -> str:
@@ -62,11 +82,29 @@ class Engine:
                 f"recipe[{index}]: the '{name}' command is not implemented in this version of "
                 "quantdoctor yet; remove it from the recipe"
             )
-        self.float_model: onnx.ModelProto = clean_model(load_model(config.model))
-        self.info: ModelInfo = inspect_model(self.float_model)
+        if config.start_nodes:
+            raise ConfigError(
+                "start_nodes are not supported yet: export the model from its first layer on, "
+                "or remove start_nodes"
+            )
+        #: The ONNX as given (cleaned): what the native context runs.
+        self.native_model: onnx.ModelProto = clean_model(load_model(config.model))
+        self.info: ModelInfo = inspect_model(self.native_model)
         self.input = check_input_matches(
             self.info, self.preprocessor.output_hw, config.preprocess.layout
         )
+        self.transforms = config.input_transforms
+        #: The model after the recipe's float transforms (fp_optimized): what is quantized.
+        self.uncut_model = apply_input_transforms(
+            self.native_model, self.transforms, config.preprocess.layout
+        )
+        self.float_model: onnx.ModelProto = (
+            cut_end_nodes(self.uncut_model, config.end_nodes)
+            if config.end_nodes
+            else self.uncut_model
+        )
+        #: Without transforms or cut, fp_optimized is native: computed once.
+        self.fp_is_native = not self.transforms and not config.end_nodes
         self.target = target or resolve_target(config.target)
         self.layers: list[LayerInfo] = find_layers(self.float_model, self.target)
         self.batch_size = self.input.fixed_batch or config.batch_size or 16
@@ -159,10 +197,26 @@ class Engine:
         self._check_size(images, name)
         self._splits[name] = images
 
-    def batches(self, images: ImageSet, **finish: object) -> Iterator[np.ndarray]:
-        """Model-input batches (float32) of an image set; ``finish`` overrides preprocessing."""
+    def batches(
+        self,
+        images: ImageSet,
+        context: str = "fp_optimized",
+        variant: InputVariant = DECLARED,
+    ) -> Iterator[np.ndarray]:
+        """Model-input batches (float32): the host preprocessing, plus, for the native context,
+        the recipe's input transforms applied on the host."""
+        host_norm = variant.host_normalization
+        transforms = self.transforms if variant.transforms is None else variant.transforms
         for start in range(0, len(images), self.batch_size):
-            yield self.preprocessor.finish(images.pixels[start : start + self.batch_size], **finish)  # type: ignore[arg-type]
+            x = self.preprocessor.finish(
+                images.pixels[start : start + self.batch_size],
+                color=variant.color,
+                mean=True if host_norm else None,
+                std=True if host_norm else None,
+            )
+            if context == "native" and transforms:
+                x = host_input_transform(x, transforms, self.config.preprocess.layout)
+            yield x
 
     # --- quantization ----------------------------------------------------------------------
     def plan(self) -> QuantPlan:
@@ -195,18 +249,20 @@ class Engine:
             f"calibrating ({cal.method}, {len(images)} images)", len(images)
         ) as advance:
             if cal.method == "minmax":
-                batches = list(self.capture_minmax("native", names, images, advance))
+                batches = list(self.capture_minmax("fp_optimized", names, images, advance))
                 return calibrate(lambda: batches, names, "minmax")
 
             def source() -> Iterator[dict[str, np.ndarray]]:
-                yield from self.capture("native", names, images)
+                yield from self.capture("fp_optimized", names, images)
 
             return calibrate(source, names, cal.method, cal.percentile)
 
     # --- models ----------------------------------------------------------------------------
     def _model_key(self, context: str, plan: QuantPlan | None, ranges: str) -> str:
-        if context == "native":
+        if context == "native" or (context == "fp_optimized" and self.fp_is_native):
             return "native"
+        if context == "fp_optimized":
+            return "fp_optimized"
         if context not in CONTEXTS:
             raise ValueError(f"unknown context {context!r}; known: {', '.join(CONTEXTS)}")
         return f"{context}|{_plan_key(plan or self.plan())}|{ranges}"
@@ -215,7 +271,10 @@ class Engine:
         self, context: str, plan: QuantPlan | None = None, ranges: str = "calibration"
     ) -> onnx.ModelProto:
         """The ONNX model a context runs (the QDQ model for ``quantized`` and ``int8``)."""
-        if self._model_key(context, plan, ranges) == "native":
+        key = self._model_key(context, plan, ranges)
+        if key == "native":
+            return self.native_model
+        if key == "fp_optimized":
             return self.float_model
         plan = plan or self.plan()
         # The integer-kernel variant differs only where tensors are not 8-bit.
@@ -253,20 +312,23 @@ class Engine:
         split: str = "evaluation",
         plan: QuantPlan | None = None,
         ranges: str = "calibration",
+        variant: InputVariant = DECLARED,
     ) -> dict[str, np.ndarray]:
         """All model outputs of a context over a split, computed once and cached.
 
         ``plan`` changes what is quantized (default: the recipe's plan); ``ranges`` names the
-        activation ranges to use (default: calibrated on the calibration split)."""
-        key = (self._model_key(context, plan, ranges), split)
+        activation ranges to use (default: calibrated on the calibration split); ``variant``
+        changes what the host feeds (pipeline hypotheses)."""
+        key = (self._model_key(context, plan, ranges), split, variant.name)
         if key not in self._outputs:
             images = self.images(split)
             runner = self._runner(context, plan, ranges)
             parts: list[dict[str, np.ndarray]] = []
+            what = "" if variant is DECLARED else f" ({variant.name})"
             with self.progress.task(
-                f"running {context} on {len(images)} {split} images", len(images)
+                f"running {context}{what} on {len(images)} {split} images", len(images)
             ) as advance:
-                for x in self.batches(images):
+                for x in self.batches(images, context, variant):
                     parts.append(runner.run(x))
                     advance(len(x))
             self._outputs[key] = {
@@ -281,12 +343,13 @@ class Engine:
         images: ImageSet,
         plan: QuantPlan | None = None,
         ranges: str = "calibration",
+        variant: InputVariant = DECLARED,
     ) -> Iterator[dict[str, np.ndarray]]:
         """Intermediate tensors by name, batch by batch (not cached: they are large). In a
         quantized context a quantized tensor's name holds its dequantized value and
         ``<name>__float`` the value before quantization."""
         runner = self._runner(context, plan, ranges, extra=tuple(names))
-        for x in self.batches(images):
+        for x in self.batches(images, context, variant):
             yield runner.run(x, names)
 
     def capture_minmax(
@@ -301,7 +364,7 @@ class Engine:
         """Per batch, ``{name: [min, max]}`` of each named tensor, reduced inside the graph."""
         runner = self._runner(context, plan, ranges, reduced=tuple(names))
         outs = [f"{n}__{r}" for n in names for r in ("min", "max")]
-        for x in self.batches(images):
+        for x in self.batches(images, context):
             got = runner.run(x, outs)
             if advance:
                 advance(len(x))

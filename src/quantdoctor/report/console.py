@@ -85,3 +85,40 @@ def print_findings(report: Report, console: Console) -> None:
     top = report.top_suspect
     if top:
         console.print(f"\n[bold]Top suspect:[/bold] {top.id}")
+
+
+_SUSPECTS = {
+    0: "setup: model, data and labels load and run",
+    1: "float pipeline: normalization, channel order, activations, end nodes",
+    2: "calibration set: size, duplicates, domain, coverage",
+    3: "three-way test: float and quantized against ground truth",
+    4: "layers: noise, ranges, weights, BatchNorm, concat outputs",
+}
+
+
+def print_summary(report: Report, console: Console) -> None:
+    """Verdict, top suspect and the checklist with a status per suspect."""
+    table = Table(title="Checklist", title_justify="left")
+    for col in ("#", "suspect", "status", "key finding"):
+        table.add_column(col)
+    checked = {f.suspect for f in report.findings}
+    ran = set(report.steps)
+    step_of = {0: "setup", 1: "pipeline", 2: "calibration", 3: "evaluation", 4: "layers"}
+    for num, text in _SUSPECTS.items():
+        mine = [f for f in report.ranked() if f.suspect == num]
+        worst = mine[0] if mine else None
+        if worst is not None:
+            status = worst.severity
+        elif step_of[num] in ran or num in checked:
+            status = "ok"
+        else:
+            status = "not run"
+        style = _STYLE.get(status, "dim")
+        key = worst.id if worst is not None and worst.severity in ("error", "warning") else ""
+        table.add_row(str(num), text, f"[{style}]{status}[/{style}]", key)
+    console.print(table)
+    if report.reliability:
+        console.print(f"[bold red]Quantized results unreliable:[/bold red] {report.reliability}")
+    top = report.top_suspect
+    verdict = "no problem found" if top is None else f"{top.id} — {top.title}"
+    console.print(f"[bold]Verdict:[/bold] {verdict}")

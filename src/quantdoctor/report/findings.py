@@ -75,6 +75,9 @@ class Report:
     comparisons: list[dict[str, Any]] = field(default_factory=list)
     steps: dict[str, str] = field(default_factory=dict)
     setup: dict[str, Any] = field(default_factory=dict)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    #: Empty, or why the quantized results must not be read as a quantization verdict.
+    reliability: str = ""
 
     def ranked(self) -> list[Finding]:
         """Most important first (stable within a severity: checklist order)."""
@@ -95,6 +98,8 @@ class Report:
                 "comparisons": self.comparisons,
                 "steps": self.steps,
                 "setup": self.setup,
+                "reliability": self.reliability or "ok",
+                "evidence": self.evidence,
             }
         )
 

@@ -15,7 +15,7 @@ from ..errors import ConfigError
 from ..stats import mcnemar_exact
 
 if TYPE_CHECKING:
-    from ..config import DoctorConfig
+    from ..config import DoctorConfig, PostprocessConfig
     from ..data import ImageSet
 
 
@@ -123,15 +123,25 @@ class Task(ABC):
         truth."""
 
 
-def make_task(config: DoctorConfig) -> Task:
+def make_task(config: DoctorConfig, postprocess: PostprocessConfig | None = None) -> Task:
+    """The task of a config, with its postprocess (or another one, e.g. a hypothesis or the
+    native_postprocess that decodes the full graph)."""
     from .classification import ClassificationTask
     from .detection import DetectionTask
 
+    post = postprocess or config.postprocess
     if config.task == "classification":
-        return ClassificationTask.from_config(config)
+        return ClassificationTask.from_config(config, post)
     if config.task == "detection":
-        return DetectionTask.from_config(config)
+        return DetectionTask.from_config(config, post)
     raise ConfigError(f"task {config.task!r} is not supported")
+
+
+def make_native_task(config: DoctorConfig) -> Task | None:
+    """The task that decodes the full graph when end_nodes cut the deployed model."""
+    if config.end_nodes and config.native_postprocess is not None:
+        return make_task(config, config.native_postprocess)
+    return None
 
 
 def plugin_meta(images: ImageSet, i: int) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from ..errors import DataError, QuantdoctorError
 from .base import ClassificationScores, Task, load_plugin, plugin_meta
 
 if TYPE_CHECKING:
-    from ..config import DoctorConfig
+    from ..config import DoctorConfig, PostprocessConfig
     from ..data import ImageSet
 
 
@@ -38,8 +38,10 @@ class ClassificationTask(Task):
         self.plugin = plugin
 
     @classmethod
-    def from_config(cls, config: DoctorConfig) -> ClassificationTask:
-        post = config.postprocess
+    def from_config(
+        cls, config: DoctorConfig, post: PostprocessConfig | None = None
+    ) -> ClassificationTask:
+        post = post or config.postprocess
         plugin = None
         if post.type == "python" or post.function:
             if not post.function:

@@ -55,11 +55,18 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+#: Candidates entering NMS per image, best scores first (as YOLO implementations cap them):
+#: keeps NMS fast when a broken pipeline makes every anchor pass the threshold.
+MAX_NMS_CANDIDATES = 3000
+
+
+def nms(
+    boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: int | None = None
+) -> np.ndarray:
     """Greedy non-maximum suppression; indices kept, best score first."""
-    order = np.argsort(-scores, kind="stable")
+    order = np.argsort(-scores, kind="stable")[:MAX_NMS_CANDIDATES]
     keep = []
-    while order.size:
+    while order.size and (max_keep is None or len(keep) < max_keep):
         i = order[0]
         keep.append(i)
         if order.size == 1:
@@ -70,15 +77,20 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
 
 
 def batched_nms(
-    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float, agnostic: bool
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    classes: np.ndarray,
+    iou: float,
+    agnostic: bool,
+    max_keep: int | None = None,
 ) -> np.ndarray:
     """Class-aware NMS: boxes of different classes are offset so that they never overlap."""
     if len(boxes) == 0:
         return np.zeros(0, np.int64)
     if agnostic:
-        return nms(boxes, scores, iou)
+        return nms(boxes, scores, iou, max_keep)
     offset = classes[:, None].astype(np.float64) * (boxes.max() + 1.0)
-    return nms(boxes + offset, scores, iou)
+    return nms(boxes + offset, scores, iou, max_keep)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -116,8 +128,10 @@ class DetectionTask(Task):
         self.num_classes = num_classes
 
     @classmethod
-    def from_config(cls, config: DoctorConfig) -> DetectionTask:
-        post = config.postprocess
+    def from_config(
+        cls, config: DoctorConfig, post: PostprocessConfig | None = None
+    ) -> DetectionTask:
+        post = post or config.postprocess
         plugin = None
         if post.type == "python":
             assert post.function
@@ -188,8 +202,14 @@ class DetectionTask(Task):
             boxes, score, cls = self._candidates(head[i])
             keep = score >= self.post.conf_threshold
             boxes, score, cls = boxes[keep], score[keep], cls[keep]
-            sel = batched_nms(boxes, score, cls, self.post.iou_threshold, self.post.class_agnostic)
-            sel = sel[: self.post.max_detections]
+            sel = batched_nms(
+                boxes,
+                score,
+                cls,
+                self.post.iou_threshold,
+                self.post.class_agnostic,
+                self.post.max_detections,
+            )
             out.append(self._to_original(Detections(boxes[sel], score[sel], cls[sel]), images, i))
         return out
 
@@ -295,7 +315,8 @@ class CocoEvaluation:
         ev.evaluate()
         self._ev = ev
         # evalImgs are laid out category-major, then area range, then image (as pycocotools).
-        self._per_image = ev._evalImgs_cpp
+        self._per_image = np.empty(len(ev._evalImgs_cpp), dtype=object)
+        self._per_image[:] = ev._evalImgs_cpp
         self._k = len(ev.params.catIds)
         self._a = len(ev.params.areaRng)
 
@@ -313,7 +334,7 @@ class CocoEvaluation:
         sel = (base[:, :, None] + idx[None, None, :]).ravel()
         params = copy.copy(ev._paramsEval)
         params.imgIds = list(range(len(idx)))
-        ev.eval = faster_eval_api._C.COCOevalAccumulate(params, [self._per_image[i] for i in sel])
+        ev.eval = faster_eval_api._C.COCOevalAccumulate(params, self._per_image[sel].tolist())
         ap = ev._summarize(1, areaRng="all", maxDets=100)
         ap50 = ev._summarize(1, iouThr=0.5, areaRng="all", maxDets=100)
         return float(max(ap, 0.0)), float(max(ap50, 0.0))

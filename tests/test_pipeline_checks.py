@@ -30,7 +30,9 @@ def test_digits_correct_pipeline_has_no_pipeline_error(digits_config) -> None:  
     report = quantdoctor.diagnose(quantdoctor.load_config(digits_config()), write=False)
     assert not [f for f in report.findings if f.suspect == 1 and f.severity == "error"]
     assert report.reliability == ""
-    assert report.steps == {"setup": "done", "pipeline": "done", "evaluation": "done"}
+    assert report.steps == {
+        "setup": "done", "pipeline": "done", "calibration": "done", "evaluation": "done"
+    }
 
 
 def test_digits_normalization_applied_twice(digits_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

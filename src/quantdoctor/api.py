@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .checks.calibration import calibration_checks
 from .checks.evaluation import EvaluationResult, three_way_test
 from .checks.pipeline import pipeline_checks
 from .config import DoctorConfig, TargetConfig
@@ -143,9 +144,9 @@ def diagnose(
     report_dir: Path | None = None,
     write: bool = True,
 ) -> Report:
-    """The checklist (DESIGN §4): setup, the float pipeline (suspect 1), the three-way test
-    (suspect 3). findings.json is written after each step; when step 1 finds an error the
-    quantized results are marked unreliable."""
+    """The checklist (DESIGN §4): setup, the float pipeline (suspect 1), the calibration set
+    (suspect 2), the three-way test (suspect 3). findings.json is written after each step;
+    when step 1 finds an error the quantized results are marked unreliable."""
     run = _Run(config, progress, target, report_dir, write)
     report = run.report
     run.step("setup", run.setup)
@@ -158,6 +159,13 @@ def diagnose(
             report.reliability = UNRELIABLE
 
     run.step("pipeline", pipeline)
+
+    def calibration() -> None:
+        result = calibration_checks(run.engine, run.task, max_drop=max_drop, seed=config.seed)
+        report.findings.extend(result.findings)
+        report.evidence["calibration"] = result.evidence
+
+    run.step("calibration", calibration)
     run.step("evaluation", lambda: run.three_way(max_drop))
     if report.reliability:
         for f in report.findings:

@@ -237,8 +237,18 @@ class Engine:
 
     def add_ranges(self, name: str, ranges: Ranges) -> None:
         """Register alternative ranges (e.g. calibrated on held-out images) for quantized
-        contexts: ``engine.outputs("quantized", ranges="holdout")``."""
+        contexts: ``engine.outputs("quantized", ranges="holdout")``. Re-registering a name
+        drops what was built and computed with the old ranges."""
+        if name in self._range_sets:
+            self._qdq_models = {k: v for k, v in self._qdq_models.items() if k[1] != name}
+            stale = f"|{name}"
+            self._runners = {k: v for k, v in self._runners.items() if not k[0].endswith(stale)}
+            self._outputs = {k: v for k, v in self._outputs.items() if not k[0].endswith(stale)}
         self._range_sets[name] = ranges
+
+    def has_split(self, name: str) -> bool:
+        """Whether a split is registered (or built in and loadable)."""
+        return name in self._splits or name in ("evaluation", "calibration")
 
     def calibrate(self, images: ImageSet) -> Ranges:
         """Activation ranges of every quantizable tensor over ``images`` (the recipe's

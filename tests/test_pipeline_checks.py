@@ -166,7 +166,10 @@ def test_yolox_sigmoid_applied_twice(tmp_path: Path) -> None:
     assert _top(report) == "pipeline.output_activation_duplicated"
     top = report.top_suspect
     assert top.severity == "error" and "Sigmoid" in top.evidence["graph_activations"]
-    assert top.evidence["without_host_activation"] > top.evidence["declared"] + 10
+    # mAP ranks detections and barely moves; at a deployed threshold every anchor passes
+    assert top.evidence["lowest_score_after_host_activation"] >= 0.25
+    flood = top.evidence["detections_per_image_at_0.3_declared"]
+    assert flood > 10 * top.evidence["detections_per_image_at_0.3_without_host_activation"]
 
 
 def _yolox_head_tensors() -> list[str]:

@@ -428,7 +428,12 @@ def fp_optimized_check(
     a = n_task.score(native_out, images)
     b = task.score(fp_out, images)
     cmp = compare("native", a, "fp_optimized", b, seed, HYPOTHESIS_BOOTSTRAP)
-    differs = (cmp["p_value"] < 0.05 and cmp["ci95"][1] < 0) or cmp["agreement"] < 95.0
+    # Significant and larger than the accuracy budget: float round-off in a folded transform
+    # or a re-implemented decoder may shift the metric by a few hundredths, consistently.
+    budget = engine.config.max_drop
+    differs = (
+        cmp["p_value"] < 0.05 and cmp["ci95"][1] < 0 and -cmp["difference"] > budget
+    ) or cmp["agreement"] < 95.0
     low_snr = [n for n, v in snr.items() if v < MIN_FP_SNR_DB]
     evidence = {
         "output_snr_db": snr,

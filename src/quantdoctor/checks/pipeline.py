@@ -296,8 +296,17 @@ def test_hypotheses(
                     ),
                 )
             )
-    # Strongest evidence first: it becomes the top suspect.
-    return rows, [f for _, f in sorted(found, key=lambda t: -t[0])]
+    # Strongest evidence first: it becomes the top suspect. One finding per ID; the other
+    # fixes that also work are listed in its evidence.
+    best: dict[str, Finding] = {}
+    for _, f in sorted(found, key=lambda t: -t[0]):
+        if f.id in best:
+            best[f.id].evidence.setdefault("also_better", []).append(
+                {"variant": f.evidence["variant"], "value": f.evidence["alternative"]}
+            )
+        else:
+            best[f.id] = f
+    return rows, list(best.values())
 
 
 # --- output activations ------------------------------------------------------------------------

@@ -84,14 +84,14 @@ def run(config: DoctorConfig, label: str, context: str) -> None:
     for f in result.findings:
         print(f"    {f.severity:7s} {f.id}: {f.title}")
     d = result.evidence["direct_test"]
-    if "native" in d:
+    if "float" in d:
 
         def show(x: dict[str, Any]) -> str:
             return f"{x['value']:.1f} (95% CI {x['ci95'][0]:.1f} … {x['ci95'][1]:.1f})"
 
         print(
             f"    direct test, {d['metric']} on {d['scoring_images']} held-out images "
-            f"({d['context']}/{d['target']}): native {show(d['native'])}; with this set's ranges "
+            f"({d['context']}/{d['target']}): float {show(d['float'])}; with this set's ranges "
             f"{show(d['given_ranges'])}; with ranges from {d['holdout_calibration_images']} "
             f"held-out images {show(d['holdout_ranges'])}; cost {d['cost_points']:+.2f} points "
             f"(95% CI {d['cost_ci95'][0]:+.2f} … {d['cost_ci95'][1]:+.2f}, p = {d['p_value']:.2g})"

@@ -412,7 +412,7 @@ def resnet20_checks(model: Path, sets: dict[str, Path], which: str) -> Calibrati
 def direct_numbers(result: CalibrationResult) -> str:
     d = result.evidence["direct_test"]
     return (
-        f"native {d['native']['value']:.1f}, given {d['given_ranges']['value']:.1f} "
+        f"float {d['float']['value']:.1f}, given {d['given_ranges']['value']:.1f} "
         f"{d['given_ranges']['ci95']} vs held-out "
         f"{d['holdout_ranges']['value']:.1f} {d['holdout_ranges']['ci95']}: cost "
         f"{d['cost_points']:+.2f} {d['cost_ci95']} p={d['p_value']:.2g}"

@@ -8,7 +8,7 @@
 
 __version__ = "0.1.0"
 
-from .api import diagnose, evaluate  # noqa: E402
+from .api import analyze, diagnose, evaluate  # noqa: E402
 from .config import load_config  # noqa: E402
 
-__all__ = ["__version__", "diagnose", "evaluate", "load_config"]
+__all__ = ["__version__", "analyze", "diagnose", "evaluate", "load_config"]

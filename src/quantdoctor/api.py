@@ -10,12 +10,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 from .checks.calibration import calibration_checks
 from .checks.evaluation import EvaluationResult, three_way_test
+from .checks.layers import layer_checks
 from .checks.pipeline import pipeline_checks
 from .config import DoctorConfig, TargetConfig
 from .engine import Engine
@@ -135,7 +136,15 @@ def evaluate(
     return run.report
 
 
-def diagnose(
+def _layers(run: _Run, max_drop: float | None) -> None:
+    result = layer_checks(
+        run.engine, run.task, max_drop=max_drop, seed=run.config.seed,
+    )
+    run.report.findings.extend(result.findings)
+    run.report.evidence["layers"] = result.evidence
+
+
+def analyze(
     config: DoctorConfig,
     *,
     progress: Progress | None = None,
@@ -144,9 +153,28 @@ def diagnose(
     report_dir: Path | None = None,
     write: bool = True,
 ) -> Report:
+    """Only the per-layer analysis (DESIGN §4 step 4): per-layer SNR, weights vs activations,
+    ranges, weight imbalance, BatchNorm, concatenated outputs, activation functions."""
+    run = _Run(config, progress, target, report_dir, write)
+    run.step("setup", run.setup)
+    run.step("layers", lambda: _layers(run, max_drop))
+    return run.report
+
+
+def diagnose(
+    config: DoctorConfig,
+    *,
+    progress: Progress | None = None,
+    max_drop: float | None = None,
+    target: str | None = None,
+    report_dir: Path | None = None,
+    write: bool = True,
+    skip: Collection[str] = (),
+) -> Report:
     """The checklist (DESIGN §4): setup, the float pipeline (suspect 1), the calibration set
-    (suspect 2), the three-way test (suspect 3). findings.json is written after each step;
-    when step 1 finds an error the quantized results are marked unreliable."""
+    (suspect 2), the three-way test (suspect 3), the layers (suspect 4). findings.json is
+    written after each step; when step 1 finds an error the quantized results are marked
+    unreliable. ``skip`` leaves out steps by name ("calibration", "layers")."""
     run = _Run(config, progress, target, report_dir, write)
     report = run.report
     run.step("setup", run.setup)
@@ -165,8 +193,11 @@ def diagnose(
         report.findings.extend(result.findings)
         report.evidence["calibration"] = result.evidence
 
-    run.step("calibration", calibration)
+    if "calibration" not in skip:
+        run.step("calibration", calibration)
     run.step("evaluation", lambda: run.three_way(max_drop))
+    if "layers" not in skip:
+        run.step("layers", lambda: _layers(run, max_drop))
     if report.reliability:
         for f in report.findings:
             if f.suspect == 3:

@@ -115,6 +115,19 @@ def diagnose(
     _run("diagnose", config, max_drop, target, report_dir, debug)
 
 
+@app.command()
+def analyze(
+    config: ConfigArg,
+    max_drop: MaxDrop = None,
+    target: TargetOpt = None,
+    report_dir: ReportDir = None,
+    debug: Annotated[bool, DEBUG] = False,
+) -> None:
+    """Only the per-layer analysis: noise per layer, ranges, weights, BatchNorm, concat
+    outputs, activation functions."""
+    _run("analyze", config, max_drop, target, report_dir, debug)
+
+
 def main() -> None:
     try:
         app()

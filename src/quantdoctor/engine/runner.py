@@ -72,8 +72,14 @@ class OrtRunner:
         opts.intra_op_num_threads = threads or _threads()
         opts.inter_op_num_threads = 1
         try:
+            # WeightBiasQuantization would quietly quantize float weights that sit between
+            # quantized activations (a layer left in float): measured 8.1 dB instead of 25 dB
+            # on Lite0 with activations-only quantization.
             self.session = ort.InferenceSession(
-                model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+                model.SerializeToString(),
+                opts,
+                providers=["CPUExecutionProvider"],
+                disabled_optimizers=["WeightBiasQuantization"],
             )
         except Exception as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -394,8 +394,9 @@ class SweepCost:
     captures: int = 0
     variants: int = 0
     chunk_runs: int = 0
-    #: Σ over chunk runs of (nodes in the chunk × images in the batch); divided by
-    #: (nodes in the model × images) it is the work in whole-model evaluations.
+    #: Σ over chunk runs of (nodes in the chunk × images in the batch), and the same for one
+    #: whole-model evaluation of the images: their ratio is the variants' work in
+    #: whole-model evaluations.
     node_images: int = 0
     model_node_images: int = 0
 
@@ -446,7 +447,9 @@ class LayerSweep:
         complete = True
         start = time.perf_counter()
         batches = zip(
-            engine.batches(self.images), engine.capture("native", names, self.images), strict=True
+            engine.batches(self.images),
+            engine.capture("fp_optimized", names, self.images),
+            strict=True,
         )
         for x, captured in batches:
             captured = dict(captured)
@@ -550,6 +553,7 @@ class LayerSweep:
         ``advance`` (a progress callback taking a count) is called once per variant and
         group of images."""
         results = {v.key: OutputNoise(list(self.outputs)) for v in variants}
+        self.cost.model_node_images = self.chunked.n_nodes * len(self.images)
         if len(results) != len(variants):
             raise ValueError("variant keys must be unique")
         kept: dict[str, tuple[_Session, int, int, set[str]]] = {}
@@ -564,8 +568,6 @@ class LayerSweep:
                 session, first, last, reach = entry
                 start = time.perf_counter()
                 for captured in group:
-                    n = len(captured[self.engine.input.name])
-                    self.cost.model_node_images += n * self.chunked.n_nodes
                     outs = self._run_one(captured, session, first, last, reach)
                     for o in self.outputs:
                         results[v.key].add(o, captured[o], outs[o])

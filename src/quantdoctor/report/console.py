@@ -46,6 +46,8 @@ def _fmt_ci(ci: tuple[float, float] | list[float], metric: str) -> str:
 
 
 def print_evaluation(report: Report, console: Console) -> None:
+    if not report.contexts:
+        return
     table = Table(title="Three-way test: each context against ground truth", title_justify="left")
     for col in ("context", "metric", "value", "95% CI", "images"):
         table.add_column(col, justify="right" if col in ("value", "images") else "left")

@@ -25,9 +25,7 @@ activations, which the engine computes:
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ import onnx
 from ..data import ImageSet, list_images
 from ..engine import Engine
 from ..errors import QuantdoctorError
+from ..progress import StepTimer
 from ..quant.qdq import tensors_to_calibrate
 from ..report import Finding
 from ..stats import bootstrap_ci
@@ -217,19 +216,6 @@ def _register_split(engine: Engine, name: str, images: ImageSet) -> ImageSet:
         return engine.images(name)
     engine.add_split(name, images)
     return images
-
-
-class _Timer:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = round(time.perf_counter() - t0, 3)
 
 
 # --- image-level checks ----------------------------------------------------------------------
@@ -833,7 +819,7 @@ def calibration_checks(
     seed = engine.config.seed if seed is None else seed
     max_drop = engine.config.max_drop if max_drop is None else max_drop
     result = CalibrationResult()
-    timer = _Timer()
+    timer = StepTimer()
 
     def add(finding: Finding) -> None:
         finding.evidence = _jsonable(finding.evidence)

@@ -45,9 +45,7 @@ One check alone, on the shared measurements of a :class:`LayerAnalysis`:
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +54,7 @@ import numpy as np
 from ..data import ImageSet
 from ..engine import Engine
 from ..engine.subgraph import LayerSweep, OutputNoise, Variant
+from ..progress import StepTimer
 from ..quant import LayerInfo, QuantPlan, Ranges
 from ..report import Finding
 from ..tasks import Task, TaskScores
@@ -117,19 +116,6 @@ def _jsonable(x: Any) -> Any:
 
 def _r(x: float | None, digits: int = 2) -> float | None:
     return None if x is None or not np.isfinite(x) else round(float(x), digits)
-
-
-class _Timer:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
 
 
 def split_name(n: int, seed: int = 0) -> str:
@@ -217,7 +203,7 @@ class LayerAnalysis:
         self.remedies: dict[str, Any] = {}
         self.low_snr_layers: list[str] = []
         self.trees = lg.concat_trees(engine.float_model)
-        self.timer = _Timer()
+        self.timer = StepTimer()
 
     # --- helpers ---------------------------------------------------------------------------
     @property

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 SUSPECT = 4
 PRECISION_16 = "a16_w16"
 #: Ranges name registered for the clipping remedy.
-CLIPPED_RANGES = "layers.clipped"
+CLIPPED_RANGES = "layer_clipped"  # an engine range-set name, not a finding ID
 
 #: A layer that alone brings a model output to this SNR or below is a 16-bit candidate
 #: (DESIGN §4: 10 dB), as is a low IQR outlier (below Q1 − 1.5·IQR of all layers).

@@ -71,7 +71,7 @@ from .layer_stats import (
 #: Images of the evaluation split used for the sweep and the tensor statistics.
 SWEEP_IMAGES = 64
 #: Prefix of the split names the analysis registers with the engine (its images).
-SPLIT = "layers.images"
+SPLIT = "layer_sweep"  # an engine split name, not a finding ID
 
 #: Images per capture when gathering tensor statistics (memory: every layer output of
 #: this many images, float and quantized).

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,10 @@ from .errors import QuantdoctorError
 from .progress import Progress
 from .quant import resolve_target
 from .report import Finding, Report
+from .report.html import write_html
 from .tasks import Task, make_native_task, make_task
+
+log = logging.getLogger(__name__)
 
 #: What diagnose prints and stores when step 1 found an error.
 UNRELIABLE = "not a pure quantization issue: the float pipeline itself is wrong (suspect 1)"
@@ -52,15 +56,30 @@ class _Run:
         self.native_task = make_native_task(config)
 
     def save(self) -> None:
+        """findings.json, then index.html from the same content (a failed page never costs
+        the JSON: it is written first, and a page error is only logged)."""
         if self.write:
             self.report.write_json(self.folder)
+            try:
+                write_html(self.report, self.folder)
+            except Exception as e:  # a bug in the page must not lose a diagnosis
+                log.warning("index.html not written: %s", e)
 
     def step(self, name: str, fn: Callable[[], Any]) -> Any:
-        """Run a step; on bad input keep what is done, record the failure, re-raise."""
+        """Run a step; on bad input, a crash or Ctrl-C keep what is done, record the
+        failure, re-raise."""
         try:
             out = fn()
         except QuantdoctorError as err:
             self.report.steps[name] = f"failed: {err}"
+            self.save()
+            raise
+        except KeyboardInterrupt:
+            self.report.steps[name] = "failed: interrupted"
+            self.save()
+            raise
+        except Exception as err:  # a bug: still keep the earlier steps and say where it broke
+            self.report.steps[name] = f"failed: {type(err).__name__}: {err}"
             self.save()
             raise
         self.report.steps[name] = "done"
@@ -161,6 +180,22 @@ def analyze(
     return run.report
 
 
+def _point_to_causes(report: Report) -> None:
+    """After the whole checklist, a degradation's remedy is its causes, not 'run diagnose'."""
+    causes = [f.id for f in report.ranked()
+              if f.severity in ("error", "warning") and f.suspect != 3]
+    for f in report.findings:
+        if f.id == "evaluation.degradation":
+            f.recommendation = (
+                "The drop is real (not noise); the checklist ranks its likely causes first: "
+                + ", ".join(dict.fromkeys(causes)) + "."
+                if causes
+                else "The drop is real (not noise), and no check named a cause: try the "
+                "remedies of the layer findings (16-bit layers, per-channel weights) or "
+                "more/better calibration images."
+            )
+
+
 def diagnose(
     config: DoctorConfig,
     *,
@@ -202,5 +237,6 @@ def diagnose(
         for f in report.findings:
             if f.suspect == 3:
                 f.evidence["unreliable"] = UNRELIABLE
+    _point_to_causes(report)
     run.save()
     return report

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -25,10 +26,12 @@ err = Console(stderr=True)
 DEBUG = typer.Option("--debug", help="Show full tracebacks on errors.")
 
 
-def _fail(error: BaseException, debug: bool) -> None:
+def _fail(error: BaseException, debug: bool, note: str = "") -> None:
     if debug:
         raise error
     err.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
+    if note:
+        err.print(note, highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -68,26 +71,43 @@ def _run(command: str, config: Path, max_drop: float | None, target: str | None,
     from .config import load_config
     from .report.console import RichProgress, print_evaluation, print_findings, print_summary
 
+    folder = report_dir
+    started = time.time()
     try:
         if target is not None and target not in ("hailo8", "int8"):
             raise QuantdoctorError(f"--target {target!r} is unknown; use hailo8 or int8")
         cfg = load_config(config)
+        folder = report_dir or cfg.report.dir
         report = getattr(api, command)(
             cfg, progress=RichProgress(err), max_drop=max_drop, target=target,
             report_dir=report_dir,
         )
     except QuantdoctorError as e:
-        _fail(e, debug)
+        _fail(e, debug, _partial_note(folder, started))
         return
     except KeyboardInterrupt:
-        err.print("interrupted; findings.json holds the steps finished so far")
+        err.print(f"interrupted. {_partial_note(folder, started)}")
         raise typer.Exit(130) from None
-    print_evaluation(report, out)
-    if command == "diagnose":
+    except Exception:
+        err.print(_partial_note(folder, started))
+        raise
+    if command == "diagnose":  # one screen: the details are in the report
+        print_evaluation(report, out, compact=True)
+        print_findings(report, out, problems_only=True)
         print_summary(report, out)
-    print_findings(report, out)
-    folder = report_dir or cfg.report.dir
-    out.print(f"\nfindings: {folder / 'findings.json'}")
+    else:
+        print_evaluation(report, out)
+        print_findings(report, out)
+    assert folder is not None
+    out.print(f"\nreport: {folder / 'index.html'}  (findings: {folder / 'findings.json'})")
+
+
+def _partial_note(folder: Path | None, started: float) -> str:
+    """After a failure: where this run saved the steps it finished, if it saved any."""
+    path = folder / "findings.json" if folder is not None else None
+    if path is None or not path.is_file() or path.stat().st_mtime < started:
+        return ""
+    return f"The steps finished so far are in {folder / 'index.html'} and {path}."
 
 
 @app.command()

@@ -76,6 +76,10 @@ SPLIT = "layer_sweep"  # an engine split name, not a finding ID
 #: Images per capture when gathering tensor statistics (memory: every layer output of
 #: this many images, float and quantized).
 STATS_CHUNK = 8
+#: Float/quantized value pairs kept per tensor for the report's scatter plots, and how many
+#: tensors (the lowest on-layer SNR, flagged ones first) keep them in the evidence.
+SCATTER_PAIRS = 400
+SCATTER_TENSORS = 6
 
 
 @dataclass
@@ -116,6 +120,14 @@ def _jsonable(x: Any) -> Any:
 
 def _r(x: float | None, digits: int = 2) -> float | None:
     return None if x is None or not np.isfinite(x) else round(float(x), digits)
+
+
+def _value_pairs(ref: np.ndarray, q: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded sample of :data:`SCATTER_PAIRS` positions of one batch, float and quantized."""
+    flat_ref, flat_q = ref.reshape(-1), q.reshape(-1)
+    n = min(SCATTER_PAIRS, flat_ref.size)
+    idx = np.random.default_rng(seed).choice(flat_ref.size, n, replace=False)
+    return flat_ref[idx].astype(np.float32), flat_q[idx].astype(np.float32)
 
 
 def split_name(n: int, seed: int = 0) -> str:
@@ -197,6 +209,8 @@ class LayerAnalysis:
         self.cal_stats: dict[str, TensorStats] = {}
         self.pre_stats: dict[str, TensorStats] = {}
         self.accumulated: dict[str, float] = {}
+        #: per tensor: (float values, quantized values) at the same positions (a sample)
+        self.pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.leaf_snr: dict[str, dict[str, float]] = {}
         self._scores: dict[str, tuple[TaskScores, Any]] = {}
         self.measured: dict[str, dict[str, Any]] = {}
@@ -401,6 +415,8 @@ class LayerAnalysis:
                         if q is not None:
                             sums[name][0] += sum_sq(ref)
                             sums[name][1] += sum_sq(q[name] - ref)
+                            if name not in self.pairs:
+                                self.pairs[name] = _value_pairs(ref, q[name], self.seed)
                     for name, acc in self.pre_stats.items():
                         acc.add(f[name])
                     for leaf, (own, shared, scheme) in joint.items():
@@ -537,6 +553,29 @@ class LayerAnalysis:
             out[name] = entry
         return out
 
+    def scatter_table(self, findings: list[Finding]) -> dict[str, Any]:
+        """Float vs quantized values (everything quantized) of the tensors worth a look: those
+        the findings name, then the lowest on-layer SNR, at most :data:`SCATTER_TENSORS`."""
+        named: list[str] = []
+        for f in findings:
+            if f.severity in ("error", "warning"):
+                ev = f.evidence
+                for row in ev.get("flagged", []) + ev.get("candidates", []):
+                    if not isinstance(row, dict):
+                        continue
+                    layer = self.by_name.get(row.get("layer", ""))
+                    named.append(row.get("tensor") or (layer.output if layer else ""))
+        by_snr = sorted(self.accumulated, key=lambda t: self.accumulated[t])
+        chosen = [t for t in dict.fromkeys(named + by_snr) if t in self.pairs]
+        return {
+            t: {
+                "float": np.round(self.pairs[t][0], 5),
+                "quantized": np.round(self.pairs[t][1], 5),
+                "accumulated_snr_db": _r(self.accumulated.get(t)),
+            }
+            for t in chosen[:SCATTER_TENSORS]
+        }
+
     def cost(self) -> dict[str, Any]:
         if self._sweep is None:
             return {"timings_s": self.timer.seconds}
@@ -613,6 +652,7 @@ def layer_checks(
             "findings": {f.id: f.severity for f in result.findings},
             "layers": a.layer_table(),
             "tensors": a.tensor_table(),
+            "scatter": a.scatter_table(result.findings),
             "remedies": {**a.remedies, "metrics": a.measured},
             "metrics": a.metrics_note or "measured",
             "cost": a.cost(),

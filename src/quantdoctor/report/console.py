@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..progress import Advance
+from .checklist import checklist
 from .findings import Report
 
 _STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan", "ok": "green"}
@@ -38,15 +39,21 @@ class RichProgress:
 
 def _fmt(x: float, metric: str, sign: bool = False) -> str:
     """Metrics are in percent (mAP too): 2 decimals."""
-    return f"{x:+.2f}" if sign else f"{x:.2f}"
+    text = f"{x:+.2f}" if sign else f"{x:.2f}"
+    return text.replace("-0.00", "+0.00" if sign else "0.00")  # no negative zero
 
 
 def _fmt_ci(ci: tuple[float, float] | list[float], metric: str) -> str:
     return f"{_fmt(ci[0], metric)} … {_fmt(ci[1], metric)}"
 
 
-def print_evaluation(report: Report, console: Console) -> None:
+def print_evaluation(report: Report, console: Console, compact: bool = False) -> None:
+    """The three-way test; ``compact``: one table, each context's paired difference to its
+    reference beside its value (diagnose's one-screen summary)."""
     if not report.contexts:
+        return
+    if compact:
+        _print_compact_evaluation(report, console)
         return
     table = Table(title="Three-way test: each context against ground truth", title_justify="left")
     for col in ("context", "metric", "value", "95% CI", "images"):
@@ -78,49 +85,67 @@ def print_evaluation(report: Report, console: Console) -> None:
         console.print(f"[dim]p: {first['test']}. * {first['agreement_note']}.[/dim]")
 
 
-def print_findings(report: Report, console: Console) -> None:
-    for f in report.ranked():
+def _print_compact_evaluation(report: Report, console: Console) -> None:
+    table = Table(title="Three-way test (against ground truth)", title_justify="left")
+    table.add_column("context")
+    table.add_column("value [95% CI]", justify="right", no_wrap=True)
+    table.add_column("Δ [95% CI]", justify="right", no_wrap=True)
+    table.add_column("vs")
+    table.add_column("p", justify="right", no_wrap=True)
+    first_vs: dict[str, dict] = {}
+    for c in report.comparisons:
+        first_vs.setdefault(c["context"], c)
+    metric, n = "", 0
+    for name, ctx in report.contexts.items():
+        metric, n = ctx.metric, max(n, ctx.n)
+        lo, hi = (_fmt(v, metric) for v in ctx.ci95)
+        row = [name, f"{_fmt(ctx.value, metric)} [{lo}…{hi}]", "", "", ""]
+        c = first_vs.get(name)
+        if c:
+            dlo, dhi = (_fmt(v, metric, sign=True) for v in c["ci95"])
+            row[2] = f"{_fmt(c['difference'], metric, sign=True)} [{dlo}…{dhi}]"
+            row[3:] = [c["reference"], f"{c['p_value']:.2g}"]
+        table.add_row(*row)
+    console.print(table)
+    if report.comparisons:
+        test = report.comparisons[0]["test"]
+        console.print(f"[dim]{metric} in %, up to {n} images; p: {test}[/dim]")
+
+
+def print_findings(report: Report, console: Console, problems_only: bool = False) -> None:
+    """Findings, most important first; ``problems_only``: errors and warnings, and a count
+    of the rest (the one-screen summary of ``diagnose``)."""
+    ranked = report.ranked()
+    shown = [f for f in ranked if f.severity in ("error", "warning")] if problems_only else ranked
+    for f in shown:
         style = _STYLE[f.severity]
         console.print(f"[{style}]{f.severity.upper():7}[/{style}] {f.id}: {f.title}")
-        if f.severity in ("error", "warning") and f.recommendation:
+        if f.severity in ("error", "warning") and f.recommendation and not problems_only:
             console.print(f"        [dim]{f.recommendation}[/dim]")
+    if len(shown) < len(ranked):
+        console.print(f"[dim]… and {len(ranked) - len(shown)} info/ok findings in the report[/dim]")
     top = report.top_suspect
-    if top:
+    if top and not problems_only:
         console.print(f"\n[bold]Top suspect:[/bold] {top.id}")
 
 
-_SUSPECTS = {
-    0: "setup: model, data and labels load and run",
-    1: "float pipeline: normalization, channel order, activations, end nodes",
-    2: "calibration set: size, duplicates, domain, coverage",
-    3: "three-way test: float and quantized against ground truth",
-    4: "layers: noise, ranges, weights, BatchNorm, concat outputs",
-}
-
-
 def print_summary(report: Report, console: Console) -> None:
-    """Verdict, top suspect and the checklist with a status per suspect."""
+    """The checklist with a status and key number per suspect, then the verdict."""
     table = Table(title="Checklist", title_justify="left")
-    for col in ("#", "suspect", "status", "key finding"):
+    for col in ("#", "suspect", "status", "finding", "key number"):
         table.add_column(col)
-    checked = {f.suspect for f in report.findings}
-    ran = set(report.steps)
-    step_of = {0: "setup", 1: "pipeline", 2: "calibration", 3: "evaluation", 4: "layers"}
-    for num, text in _SUSPECTS.items():
-        mine = [f for f in report.ranked() if f.suspect == num]
-        worst = mine[0] if mine else None
-        if worst is not None:
-            status = worst.severity
-        elif step_of[num] in ran or num in checked:
-            status = "ok"
-        else:
-            status = "not run"
-        style = _STYLE.get(status, "dim")
-        key = worst.id if worst is not None and worst.severity in ("error", "warning") else ""
-        table.add_row(str(num), text, f"[{style}]{status}[/{style}]", key)
+    for row in checklist(report.to_dict()):
+        style = _STYLE.get(row["status"], "red" if row["status"] == "failed" else "dim")
+        status = f"[{style}]{row['status']}[/{style}]"
+        table.add_row(str(row["num"]), row["short"], status, row["finding"], row["key"])
     console.print(table)
     if report.reliability:
         console.print(f"[bold red]Quantized results unreliable:[/bold red] {report.reliability}")
     top = report.top_suspect
     verdict = "no problem found" if top is None else f"{top.id} — {top.title}"
     console.print(f"[bold]Verdict:[/bold] {verdict}")
+    for f in report.ranked():
+        if f.id == "evaluation.degradation" and f is not top:
+            console.print(f"[bold]Measured drop:[/bold] {f.title}")
+    if top is not None and top.recommendation:
+        console.print(f"[bold]Remedy:[/bold] {top.recommendation}")

@@ -19,6 +19,9 @@ import numpy as np
 from .. import __version__
 
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2, "ok": 3}
+#: Findings that state the accuracy drop itself, not a cause: causes of the same severity
+#: rank above them, so that the top suspect is a cause whenever one was found.
+SYMPTOMS = frozenset({"evaluation.degradation"})
 
 
 @dataclass
@@ -80,8 +83,12 @@ class Report:
     reliability: str = ""
 
     def ranked(self) -> list[Finding]:
-        """Most important first (stable within a severity: checklist order)."""
-        return sorted(self.findings, key=lambda f: (SEVERITY_ORDER[f.severity], f.suspect))
+        """Most important first: by severity, causes before the symptom (the drop itself),
+        then checklist order (stable)."""
+        return sorted(
+            self.findings,
+            key=lambda f: (SEVERITY_ORDER[f.severity], f.id in SYMPTOMS, f.suspect),
+        )
 
     @property
     def top_suspect(self) -> Finding | None:
@@ -111,6 +118,7 @@ class Report:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(self.to_dict(), fh, indent=2)
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is for reading
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

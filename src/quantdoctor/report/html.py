@@ -1,0 +1,214 @@
+"""``report/index.html``: the report for people, one self-contained file (inline CSS, inline
+SVG plots, thumbnails as data URIs; no script, no network), rendered from the same content
+as findings.json, so a saved findings.json can be rendered again:
+
+>>> import json
+>>> data = json.loads(Path("report/findings.json").read_text())     # doctest: +SKIP
+>>> write_html(data, Path("report"))                                 # doctest: +SKIP
+PosixPath('report/index.html')
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import plots
+from .checklist import checklist, key_number, num
+from .findings import Report
+
+log = logging.getLogger(__name__)
+
+#: Findings whose evidence lists image files shown as thumbnails: evidence key → caption.
+THUMBNAIL_KEYS = {"files": "", "outlier_files": "farthest from the evaluation images"}
+MAX_THUMBNAILS = 24
+#: Remedy lines that are doctor.yaml keys of their own, not recipe commands.
+CONFIG_KEYS = ("preprocess", "postprocess", "target", "data", "end_nodes")
+THUMBNAIL_PX = 96
+MAX_HISTOGRAMS = 6
+
+
+def write_html(report: Report | dict[str, Any], folder: Path) -> Path:
+    """Render ``index.html`` into ``folder`` atomically; returns its path."""
+    data = report.to_dict() if isinstance(report, Report) else report
+    text = render_html(data)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "index.html"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".index.", suffix=".html")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is for reading
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def render_html(data: dict[str, Any]) -> str:
+    """The report page for one findings.json document (a dict)."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("quantdoctor.report", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["num"] = num
+    env.filters["signed"] = lambda x: (
+        ("+" if isinstance(x, (int, float)) and x > 0 else "") + num(x)
+    )
+    env.filters["pretty"] = lambda x: json.dumps(x, indent=1, ensure_ascii=False)[:6000]
+    findings = data.get("findings", [])
+    top = next((f for f in findings if f["severity"] in ("error", "warning")), None)
+    return env.get_template("index.html.j2").render(
+        data=data,
+        top=top,
+        checklist=checklist(data),
+        findings=_anchored([_finding_view(f, data) for f in findings]),
+        contexts_svg=_plot(plots.context_bars, data.get("contexts")),
+        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    )
+
+
+# --- view models -------------------------------------------------------------------------
+
+
+def _finding_view(f: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """A finding plus what the page shows with it: its plots, thumbnails, recipe block."""
+    plots_svg: list[str] = []
+    ev = f.get("evidence", {})
+    fid = f["id"]
+    layers = data.get("evidence", {}).get("layers", {})
+    if fid.startswith("pipeline.") and ev.get("variant") is not None:
+        hyps = data.get("evidence", {}).get("pipeline", {}).get("hypotheses")
+        plots_svg.append(_plot(plots.hypothesis_bars, hyps))
+    if fid == "layers.low_snr" and layers.get("layers"):
+        plots_svg.append(_plot(plots.snr_bars, layers["layers"], ev.get("threshold_db", 10.0)))
+    if fid in ("layers.low_snr", "layers.wide_range") and f["severity"] in ("error", "warning"):
+        plots_svg.extend(_histograms(f, layers))
+        plots_svg.extend(_scatters(f, layers))
+    thumbs = _thumbnails(f) if fid.startswith("calibration.") else []
+    return {
+        **f,
+        "key": key_number(f),
+        "plots": [p for p in plots_svg if p],
+        "thumbnails": thumbs,
+        "scalars": {k: v for k, v in ev.items() if not isinstance(v, (dict, list))},
+        "nested": {k: v for k, v in ev.items() if isinstance(v, (dict, list)) and v},
+        "recipe_yaml": "recipe:\n"
+        + "\n".join(
+            f"  - {r}"
+            for r in f.get("recipe", [])
+            if not r.startswith(CONFIG_KEYS)
+        )
+        if any(not r.startswith(CONFIG_KEYS) for r in f.get("recipe", []))
+        else "",
+        "config_lines": [
+            r for r in f.get("recipe", []) if r.startswith(CONFIG_KEYS)
+        ],
+    }
+
+
+def _anchored(views: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Page anchors: the finding ID (the checklist links to it), then ID-2, ID-3 for repeats
+    (evaluation.degradation is one finding per quantized context)."""
+    seen: dict[str, int] = {}
+    for v in views:
+        seen[v["id"]] = seen.get(v["id"], 0) + 1
+        v["anchor"] = "f-" + v["id"] + (f"-{seen[v['id']]}" if seen[v["id"]] > 1 else "")
+    return views
+
+
+def _flagged_tensors(f: dict[str, Any], layers: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(tensor, suggested clipping range or None) of a layer finding's flagged rows."""
+    by_layer = {r["name"]: r.get("output") for r in layers.get("layers", [])}
+    out = []
+    for row in f["evidence"].get("candidates", []) + f["evidence"].get("flagged", []):
+        if isinstance(row, dict):
+            tensor = row.get("tensor") or by_layer.get(row.get("layer", ""))
+            if tensor:
+                out.append((tensor, row.get("suggested_range")))
+    return list(dict(out).items())
+
+
+def _histograms(f: dict[str, Any], layers: dict[str, Any]) -> list[str]:
+    tensors = layers.get("tensors", {})
+    return [
+        _plot(plots.tensor_histogram, t, tensors[t], clip)
+        for t, clip in _flagged_tensors(f, layers)[:MAX_HISTOGRAMS]
+        if t in tensors
+    ]
+
+
+def _scatters(f: dict[str, Any], layers: dict[str, Any]) -> list[str]:
+    scatter = layers.get("scatter", {})
+    return [
+        _plot(plots.value_scatter, t, scatter[t])
+        for t, _ in _flagged_tensors(f, layers)[:MAX_HISTOGRAMS]
+        if t in scatter
+    ]
+
+
+def _thumbnails(f: dict[str, Any]) -> list[dict[str, str]]:
+    """Small PNG data URIs of the image files a calibration finding names (exact/near
+    duplicate groups, constant, noise-like and out-of-domain images)."""
+    if f["severity"] == "ok":
+        return []
+    ev = f.get("evidence", {})
+    files: list[tuple[str, str]] = []
+    for group in ev.get("groups", []):
+        files.extend(
+            (p, f"{group['kind']} duplicate group of {group['size']}")
+            for p in group.get("files", [])[:4]
+        )
+    for key, caption in THUMBNAIL_KEYS.items():
+        files.extend((p, caption) for p in ev.get(key, []) if isinstance(p, str))
+    out = []
+    for path, caption in files[:MAX_THUMBNAILS]:
+        uri = _thumbnail(path)
+        if uri:
+            out.append({"uri": uri, "name": Path(path).name, "path": path, "caption": caption})
+    return out
+
+
+def _thumbnail(path: str) -> str | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            im.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+            if max(im.size) < THUMBNAIL_PX // 2:  # tiny images (8x8 digits): enlarge, blocky
+                k = THUMBNAIL_PX // max(im.size)
+                im = im.resize((im.width * k, im.height * k), Image.Resampling.NEAREST)
+            buf = io.BytesIO()
+            im.save(buf, format="PNG")
+    except (OSError, ValueError):
+        return None  # the file moved since the run: the path is still listed
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _plot(fn: Callable[..., str], *args: Any) -> str:
+    """A plot, or nothing when its evidence is missing or odd (the page must still render)."""
+    if not args or args[0] is None or (hasattr(args[0], "__len__") and not args[0]):
+        return ""
+    try:
+        return fn(*args)
+    except Exception as e:  # a plot never costs the report
+        log.warning("plot %s skipped: %s", fn.__name__, e)
+        return ""
+
+
+__all__ = ["render_html", "write_html"]

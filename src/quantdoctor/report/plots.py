@@ -1,0 +1,254 @@
+"""The report's plots as inline SVG strings (matplotlib, no pyplot state, no display).
+
+Every function takes plain evidence from findings.json and returns one ``<svg>`` element
+whose ids are unique within the page, so that several can sit in one HTML file:
+
+>>> svg = snr_bars([{"name": "conv1", "alone_snr_min_db": 8.0, "accumulated_snr_db": 7.5}])
+>>> svg.startswith("<svg") and "10 dB" in svg
+True
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+#: Shown SNRs are capped here: an exact layer reports 200 dB, which would flatten the rest.
+SNR_CAP_DB = 80.0
+LOW_SNR_DB = 10.0
+
+_BLUE, _RED, _GREY, _ORANGE, _GREEN = "#3465a4", "#cc0000", "#888888", "#f57900", "#4e9a06"
+_ids = itertools.count()
+_RC = {
+    "svg.fonttype": "none",  # text stays text: smaller files, selectable, page fonts
+    "svg.hashsalt": "quantdoctor",  # stable ids and output for the same evidence
+    "font.size": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _svg(fig: Any) -> str:
+    """The figure as one ``<svg>`` element, its ids prefixed so that pages can hold many."""
+    import matplotlib
+
+    buf = io.StringIO()
+    with matplotlib.rc_context(_RC):
+        fig.savefig(buf, format="svg")
+    text = buf.getvalue()
+    text = text[text.index("<svg") :]
+    prefix = f"qd{next(_ids)}-"
+    text = re.sub(r'\bid="([^"]+)"', lambda m: f'id="{prefix}{m.group(1)}"', text)
+    text = re.sub(
+        r'(xlink:href|href)="#([^"]+)"', lambda m: f'{m.group(1)}="#{prefix}{m.group(2)}"', text
+    )
+    return re.sub(r"url\(#([^)]+)\)", lambda m: f"url(#{prefix}{m.group(1)})", text)
+
+
+def _with_rc(fn: Any) -> Any:
+    """Run a plotting function under the report's rcParams (fonts, spines)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> str:
+        import matplotlib
+
+        with matplotlib.rc_context(_RC):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+@_with_rc
+def context_bars(contexts: dict[str, dict[str, Any]]) -> str:
+    """Each context's metric with its 95% CI (the three-way test at a glance)."""
+    names = list(contexts)
+    values = np.array([contexts[n]["value"] for n in names], dtype=float)
+    lo = np.array([contexts[n]["ci95"][0] for n in names], dtype=float)
+    hi = np.array([contexts[n]["ci95"][1] for n in names], dtype=float)
+    metric = contexts[names[0]]["metric"] if names else ""
+    fig = _figure(6.4, 0.45 * len(names) + 0.9)
+    ax = fig.add_subplot()
+    y = np.arange(len(names))[::-1]
+    colors = [_GREY if n in ("native", "fp_optimized") else _BLUE for n in names]
+    ax.barh(y, values, color=colors, height=0.6)
+    ax.errorbar(
+        values, y, xerr=[values - lo, hi - values], fmt="none", ecolor="black", capsize=3, lw=1
+    )
+    for yi, v in zip(y, values, strict=True):
+        ax.text(v, yi + 0.33, f" {v:.2f}", va="bottom", fontsize=8)
+    ax.set_yticks(y, names)
+    ax.set_xlabel(f"{metric} (%) with 95% CI")
+    ax.set_xlim(0, max(100.0, float(np.nanmax(hi)) if len(hi) else 100.0))
+    return _svg(fig)
+
+
+@_with_rc
+def hypothesis_bars(hypotheses: Sequence[dict[str, Any]]) -> str:
+    """The declared preprocessing against the alternatives scored on labelled images."""
+    names = [str(h["variant"]) for h in hypotheses]
+    values = [float(h["value"]) for h in hypotheses]
+    fig = _figure(6.4, 0.38 * len(names) + 0.9)
+    ax = fig.add_subplot()
+    y = np.arange(len(names))[::-1]
+    best = int(np.argmax(values))
+    colors = [
+        _GREY if n == "declared" else (_GREEN if i == best else _BLUE) for i, n in enumerate(names)
+    ]
+    ax.barh(y, values, color=colors, height=0.6)
+    for yi, v in zip(y, values, strict=True):
+        ax.text(v, yi, f" {v:.1f}", va="center", fontsize=8)
+    ax.set_yticks(y, names)
+    metric = hypotheses[0].get("metric", "") if hypotheses else ""
+    ax.set_xlabel(f"{metric} (%) on the labelled subset")
+    ax.set_xlim(0, max(100.0, max(values, default=0) * 1.1))
+    return _svg(fig)
+
+
+@_with_rc
+def snr_bars(layers: Sequence[dict[str, Any]], threshold_db: float = LOW_SNR_DB) -> str:
+    """Per layer (graph order): output SNR with only that layer quantized (bars; red at or
+    below the threshold) and on-layer SNR with everything quantized (dots)."""
+    names = [str(r["name"]) for r in layers]
+    alone = np.array(
+        [np.nan if r.get("alone_snr_min_db") is None else r["alone_snr_min_db"] for r in layers],
+        dtype=float,
+    )
+    acc = np.array(
+        [
+            np.nan if r.get("accumulated_snr_db") is None else r["accumulated_snr_db"]
+            for r in layers
+        ],
+        dtype=float,
+    )
+    shown = np.minimum(alone, SNR_CAP_DB)
+    width = min(max(6.4, 0.12 * len(names) + 2), 16)
+    fig = _figure(width, 3.4)
+    ax = fig.add_subplot()
+    x = np.arange(len(names))
+    colors = [_RED if v <= threshold_db else _BLUE for v in np.nan_to_num(alone, nan=np.inf)]
+    ax.bar(x, np.nan_to_num(shown), color=colors, width=0.8, label="only this layer quantized")
+    ax.plot(
+        x,
+        np.minimum(acc, SNR_CAP_DB),
+        "o",
+        ms=2.5,
+        color=_ORANGE,
+        label="on-layer, everything quantized",
+    )
+    ax.axhline(threshold_db, color=_RED, ls="--", lw=1)
+    # the label sits in the left margin, where no bar can hide it
+    ax.annotate(
+        f"{threshold_db:.0f} dB",
+        (0, threshold_db),
+        xycoords=("axes fraction", "data"),
+        xytext=(-4, 0),
+        textcoords="offset points",
+        color=_RED,
+        ha="right",
+        va="center",
+        fontsize=7,
+    )
+    ax.set_ylabel(f"output SNR (dB, capped at {SNR_CAP_DB:.0f})", labelpad=14)
+    ax.set_ylim(0, SNR_CAP_DB * 1.05)
+    step = max(1, len(names) // 60)  # readable tick labels on big models
+    ax.set_xticks(x[::step], [_short(n) for n in names[::step]], rotation=90, fontsize=6)
+    ax.set_xlim(-0.7, len(names) - 0.3)
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncols=2, fontsize=7, frameon=False)
+    return _svg(fig)
+
+
+@_with_rc
+def tensor_histogram(
+    name: str,
+    tensor: dict[str, Any],
+    suggested_range: Sequence[float] | None = None,
+) -> str:
+    """Histogram of one tensor over the evaluation images (and the calibration images),
+    log scale, with the calibrated range and the suggested clipping range."""
+    fig = _figure(6.4, 2.6)
+    ax = fig.add_subplot()
+    for key, color, label in (
+        ("evaluation", _BLUE, "evaluation"),
+        ("calibration", _GREY, "calibration"),
+    ):
+        hist = (tensor.get(key) or {}).get("histogram")
+        if not hist or not hist.get("counts"):
+            continue
+        edges = np.asarray(hist["edges"], dtype=float)
+        counts = np.asarray(hist["counts"], dtype=float)
+        ax.stairs(
+            np.maximum(counts, 0.5),
+            edges,
+            color=color,
+            label=label,
+            lw=1.2,
+            fill=key == "evaluation",
+            alpha=0.35 if key == "evaluation" else 1.0,
+        )
+    ax.set_yscale("log")
+    rng = tensor.get("calibrated_range")
+    if rng:
+        for v in rng:
+            ax.axvline(v, color="black", lw=1)
+        ax.text(rng[1], ax.get_ylim()[1], " calibrated", fontsize=7, va="top")
+    if suggested_range:
+        for v in suggested_range:
+            ax.axvline(v, color=_RED, lw=1.2, ls="--")
+        ax.text(
+            suggested_range[1],
+            ax.get_ylim()[1] / 10,
+            " suggested clip",
+            color=_RED,
+            fontsize=7,
+            va="top",
+        )
+    ax.set_title(_short(name, 70), fontsize=9, loc="left")
+    ax.set_xlabel("value")
+    ax.set_ylabel("count")
+    ax.legend(loc="upper center", fontsize=7, frameon=False, ncols=2)
+    return _svg(fig)
+
+
+@_with_rc
+def value_scatter(name: str, pairs: dict[str, Any]) -> str:
+    """Float against quantized values of one tensor at the same positions (everything
+    quantized); on the diagonal means no error."""
+    f = np.asarray(pairs["float"], dtype=float)
+    q = np.asarray(pairs["quantized"], dtype=float)
+    fig = _figure(3.2, 3.0)
+    ax = fig.add_subplot()
+    ax.plot(f, q, ".", ms=2, color=_BLUE, alpha=0.6)
+    lo = float(min(f.min(initial=0), q.min(initial=0)))
+    hi = float(max(f.max(initial=1), q.max(initial=1)))
+    ax.plot([lo, hi], [lo, hi], color=_GREY, lw=0.8)
+    snr = pairs.get("accumulated_snr_db")
+    title = _short(name, 38) + (f"\n{snr:.1f} dB" if snr is not None else "")
+    ax.set_title(title, fontsize=8, loc="left")
+    ax.set_xlabel("float")
+    ax.set_ylabel("quantized")
+    return _svg(fig)
+
+
+def _short(name: str, n: int = 28) -> str:
+    return name if len(name) <= n else "…" + name[-(n - 1) :]
+
+
+__all__ = [
+    "context_bars",
+    "hypothesis_bars",
+    "snr_bars",
+    "tensor_histogram",
+    "value_scatter",
+]

@@ -1,0 +1,176 @@
+"""report/index.html: written after each step beside findings.json, self-contained (no
+network), with the verdict, checklist, three-way table and plots; a run that breaks in step 4
+keeps steps 0–3 in both files; real Chromium loads it without console errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from markupsafe import escape
+from typer.testing import CliRunner
+
+import quantdoctor
+import quantdoctor.api
+from quantdoctor.cli import app
+from quantdoctor.errors import QuantdoctorError
+from quantdoctor.report import Finding, Report
+from quantdoctor.report.html import render_html, write_html
+
+from .conftest import write_config
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+DOUBLE_NORMALIZATION = {
+    # the host divides by 255 (digits_config's preprocess) and the recipe divides again
+    "recipe": [
+        {"normalization": {"mean": [0, 0, 0], "std": [255, 255, 255]}},
+        {"calibration": {"method": "minmax", "size": 64}},
+    ]
+}
+
+
+def _no_external_resources(html: str) -> None:
+    # SVG namespace URIs are names, not fetches; anything loaded must be inline
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
+    assert "<link" not in html and "<script" not in html and "@import" not in html
+
+
+@pytest.fixture(scope="module")
+def double_normalization_report(digits, tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    """diagnose, the whole checklist, on the digits MLP fed twice-normalized input."""
+    folder = tmp_path_factory.mktemp("html_double")
+    cfg = {
+        "model": str(digits["model"]),
+        "task": "classification",
+        "data": {
+            "calibration": {"path": str(digits["train"]), "limit": 64},
+            "evaluation": {"path": str(digits["test"])},
+        },
+        "preprocess": {"color": "rgb", "scale": 1 / 255},
+        "target": "hailo8",
+        **DOUBLE_NORMALIZATION,
+        "report": {"dir": str(folder / "report")},
+    }
+    path = write_config(folder, cfg)
+    result = CliRunner().invoke(app, ["diagnose", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "index.html" in result.output
+    return folder / "report"
+
+
+def test_diagnose_writes_a_self_contained_report(double_normalization_report: Path) -> None:
+    html = (double_normalization_report / "index.html").read_text()
+    data = json.loads((double_normalization_report / "findings.json").read_text())
+    top = next(f for f in data["findings"] if f["severity"] in ("error", "warning"))
+    assert top["id"] == "pipeline.normalization_duplicated"
+    verdict = html[html.index('class="verdict') : html.index("<h2>Checklist")]
+    assert top["id"] in verdict  # the verdict names the top suspect
+    assert "Quantized results unreliable" in html
+    for context in ("native", "fp_optimized", "quantized", "int8"):
+        assert f"<td>{context}</td>" in html
+    # plots: the three-way bars, the preprocessing hypotheses, the per-layer SNR bars
+    assert html.count("<svg") >= 3
+    assert "10 dB" in html  # the threshold line of the SNR plot
+    ids = re.findall(r'\bid="([^"]+)"', html)
+    assert len(ids) == len(set(ids))  # many inline SVGs, no clashing ids
+    _no_external_resources(html)
+    # every finding of findings.json is on the page, in the same order
+    titles = [str(escape(f["title"])) for f in data["findings"]]
+    positions = [html.find(t, html.index("<h2>Findings")) for t in titles]
+    assert -1 not in positions and positions == sorted(positions)
+
+
+def test_checklist_rows_follow_the_steps(double_normalization_report: Path) -> None:
+    html = (double_normalization_report / "index.html").read_text()
+    table = html[html.index("<h2>Checklist") : html.index("<h2>Three-way")]
+    assert table.count("<tr>") == 6  # header + suspects 0..4
+    assert '<span class="sev error">error</span>' in table
+    assert "not run" not in table  # diagnose ran every step
+
+
+def test_an_error_in_step_4_keeps_steps_0_to_3(digits_config, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise QuantdoctorError("layer analysis could not run: simulated failure")
+
+    monkeypatch.setattr(quantdoctor.api, "layer_checks", broken)
+    path = digits_config()
+    folder = path.parent / "report"
+    result = CliRunner().invoke(app, ["diagnose", str(path)])
+    assert result.exit_code == 2
+    assert "simulated failure" in result.output
+    assert "steps finished so far are in" in result.output
+    data = json.loads((folder / "findings.json").read_text())
+    assert [data["steps"][s] for s in ("setup", "pipeline", "calibration", "evaluation")] == [
+        "done"
+    ] * 4
+    assert data["steps"]["layers"].startswith("failed: layer analysis could not run")
+    assert {"native", "quantized", "int8"} <= set(data["contexts"])
+    html = (folder / "index.html").read_text()
+    assert "simulated failure" in html
+    assert '<span class="sev failed">failed</span>' in html
+    assert "<td>int8</td>" in html  # the three-way results of step 3 are on the page
+
+
+def test_a_crash_in_step_4_keeps_steps_0_to_3(digits_config, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def crash(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(quantdoctor.api, "layer_checks", crash)
+    cfg = quantdoctor.load_config(digits_config())
+    with pytest.raises(RuntimeError):
+        quantdoctor.diagnose(cfg)
+    data = json.loads((cfg.report.dir / "findings.json").read_text())
+    assert data["steps"]["evaluation"] == "done"
+    assert data["steps"]["layers"] == "failed: RuntimeError: bug"
+    assert "RuntimeError: bug" in (cfg.report.dir / "index.html").read_text()
+
+
+def test_html_renders_from_minimal_and_odd_content(tmp_path: Path) -> None:
+    # a run that stopped in setup: no contexts, no evidence; and evidence that is not what
+    # the plots expect must not cost the page
+    report = Report(config="doctor.yaml", steps={"setup": "failed: no images"})
+    html = render_html(report.to_dict())
+    assert "No findings yet" in html and "not run" in html
+    odd = Finding("layers.low_snr", 4, "warning", "<b>odd</b>", {"flagged": [{"layer": 3}]})
+    data = Report(config="x", findings=[odd]).to_dict()
+    data["evidence"] = {"layers": {"layers": [{"name": "a"}], "tensors": {"a": {}}}}
+    path = write_html(data, tmp_path)
+    page = path.read_text()
+    assert "&lt;b&gt;odd&lt;/b&gt;" in page  # escaped, never raw HTML from evidence
+    assert oct(path.stat().st_mode & 0o777) == "0o644"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (apt-get install chromium)")
+def test_report_in_headless_chromium(double_normalization_report: Path, tmp_path: Path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (dev extra) missing")
+    problems: list[str] = []
+    requests: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto((double_normalization_report / "index.html").as_uri())
+        page.wait_for_load_state("load")
+        verdict = page.inner_text(".verdict")
+        # every inline plot is laid out with a real size
+        sizes = page.eval_on_selector_all(
+            "svg", "els => els.map(e => [e.getBoundingClientRect().width, "
+            "e.getBoundingClientRect().height])"
+        )
+        shot = tmp_path / "report.png"
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert problems == []
+    assert all(u.startswith(("file:", "data:")) for u in requests), requests
+    assert "pipeline.normalization_duplicated" in verdict
+    assert len(sizes) >= 3 and all(w > 50 and h > 50 for w, h in sizes)
+    assert shot.stat().st_size > 50_000

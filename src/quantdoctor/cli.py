@@ -148,6 +148,52 @@ def analyze(
     _run("analyze", config, max_drop, target, report_dir, debug)
 
 
+@app.command()
+def demo(
+    folder: Annotated[
+        Path, typer.Option("--dir", help="Where the demo's model, images, config and report go.")
+    ] = Path("quantdoctor-demo"),
+    mistake: Annotated[
+        str,
+        typer.Option(
+            help="The mistake to inject: double_normalization, single_calibration_image or none."
+        ),
+    ] = "double_normalization",
+    debug: Annotated[bool, DEBUG] = False,
+) -> None:
+    """The whole checklist offline on built-in data: a small CNN trained on scikit-learn's
+    digits, the digits as PNG files, one classic mistake injected into the pipeline.
+
+    quantdoctor demo --dir quantdoctor-demo --mistake double_normalization
+    """
+    from .demo import MISTAKES, prepare_demo
+
+    try:
+        config = prepare_demo(folder, mistake)
+    except QuantdoctorError as e:
+        _fail(e, debug)
+        return
+    except OSError as e:  # e.g. no permission, disk full
+        _fail(QuantdoctorError(f"cannot write the demo into {folder}: {e}"), debug)
+        return
+    out.print(
+        f"demo: injected mistake {mistake} ({MISTAKES[mistake]}); model, images and config in "
+        f"{folder}/",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,  # paths stay whole for copy and paste
+    )
+    _run("diagnose", config, None, None, None, debug)  # exactly `quantdoctor diagnose <config>`
+    report = config.parent / "report"  # the demo config's report.dir
+    out.print(
+        f"demo: report in {report}/ (open {report / 'index.html'}); edit {config} and rerun "
+        f"`quantdoctor diagnose {config}`",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def main() -> None:
     try:
         app()

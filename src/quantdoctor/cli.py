@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__
 from .errors import QuantdoctorError
@@ -29,9 +30,9 @@ DEBUG = typer.Option("--debug", help="Show full tracebacks on errors.")
 def _fail(error: BaseException, debug: bool, note: str = "") -> None:
     if debug:
         raise error
-    err.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/bold red] {escape(str(error))}", highlight=False, soft_wrap=True)
     if note:
-        err.print(note, highlight=False, soft_wrap=True)
+        err.print(escape(note), highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -86,10 +87,10 @@ def _run(command: str, config: Path, max_drop: float | None, target: str | None,
         _fail(e, debug, _partial_note(folder, started))
         return
     except KeyboardInterrupt:
-        err.print(f"interrupted. {_partial_note(folder, started)}")
+        err.print(f"interrupted. {_partial_note(folder, started)}", markup=False)
         raise typer.Exit(130) from None
     except Exception:
-        err.print(_partial_note(folder, started))
+        err.print(_partial_note(folder, started), markup=False)
         raise
     if command == "diagnose":  # one screen: the details are in the report
         print_evaluation(report, out, compact=True)
@@ -99,7 +100,11 @@ def _run(command: str, config: Path, max_drop: float | None, target: str | None,
         print_evaluation(report, out)
         print_findings(report, out)
     assert folder is not None
-    out.print(f"\nreport: {folder / 'index.html'}  (findings: {folder / 'findings.json'})")
+    out.print(
+        f"\nreport: {folder / 'index.html'}  (findings: {folder / 'findings.json'})",
+        markup=False,
+        soft_wrap=True,  # paths stay whole for copy and paste
+    )
 
 
 def _partial_note(folder: Path | None, started: float) -> str:
@@ -146,6 +151,77 @@ def analyze(
     """Only the per-layer analysis: noise per layer, ranges, weights, BatchNorm, concat
     outputs, activation functions."""
     _run("analyze", config, max_drop, target, report_dir, debug)
+
+
+@app.command()
+def init(
+    model: Annotated[Path, typer.Argument(help="The float ONNX model.")],
+    images: Annotated[
+        Path, typer.Option(help="Folder of labelled images (class sub-folders, or see --labels).")
+    ],
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="Classification: a 'filename,label' file. Detection: a folder of YOLO txt files "
+            "or a COCO json (default: a labels/ folder beside images/)."
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write doctor.yaml here (default: print it)."),
+    ] = None,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(help="Calibration images (default: 64 of the --images)."),
+    ] = None,
+    class_names: Annotated[
+        Path | None, typer.Option(help="Class names, one per line (index = line number).")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Evaluate on a seeded sample of this many images.")
+    ] = None,
+    target: Annotated[str, typer.Option(help="Target profile: hailo8 or int8.")] = "hailo8",
+    measure: Annotated[
+        bool,
+        typer.Option(
+            "--measure/--no-measure",
+            help="Score the common input normalizations on labelled images (default) or decide "
+            "from the graph alone.",
+        ),
+    ] = True,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the -o file.")] = False,
+    debug: Annotated[bool, DEBUG] = False,
+) -> None:
+    """Write a commented doctor.yaml for MODEL that runs as is: task, decoder, preprocessing
+    (normalization measured on your labelled images), data, target, recipe.
+
+    quantdoctor init model.onnx --images val/ > doctor.yaml
+    """
+    from .report.console import RichProgress
+    from .scaffold import check_writable, scaffold, write_config_file
+
+    try:
+        if output is not None:
+            check_writable(output, force)  # before minutes of work, not after
+        result = scaffold(
+            model, images, labels, calibration=calibration, class_names=class_names,
+            output=output, limit=limit, target=target, measure=measure,
+            progress=RichProgress(err),
+        )
+        for note in result.notes:  # stderr: stdout holds only the YAML
+            err.print(f"init: {note}", markup=False, highlight=False, soft_wrap=True)
+        if output is None:
+            sys.stdout.write(result.text)
+            sys.stdout.flush()
+        else:
+            write_config_file(result.text, output, force)
+            err.print(f"wrote {output}; next: quantdoctor diagnose {output}", markup=False,
+                      highlight=False, soft_wrap=True)
+    except QuantdoctorError as e:
+        _fail(e, debug)
+    except KeyboardInterrupt:
+        err.print("interrupted; nothing was written")
+        raise typer.Exit(130) from None
 
 
 @app.command()
@@ -200,7 +276,7 @@ def main() -> None:
     except QuantdoctorError as e:  # raised outside a command body
         if "--debug" in sys.argv:
             raise
-        err.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

@@ -82,6 +82,8 @@ def key_number(f: dict[str, Any]) -> str:
             )
         if fid.startswith("quantization.") and "drop" in ev:
             return f"drop {ev['drop']:.2f}"
+        if fid == "calibration.too_few":
+            return f"{ev['distinct_images']} distinct image(s) of {ev['images']}"
         if fid == "calibration.duplicates":
             return f"{ev['redundant_images']} of {ev['images']} redundant"
         if fid == "pipeline.fp_optimized_mismatch":

@@ -41,6 +41,13 @@ class Finding:
             raise ValueError(f"severity must be one of {list(SEVERITY_ORDER)}")
 
 
+def _remedy_gain(f: Finding) -> float:
+    """The metric gain its remedy measured (evidence ``remedy_metric.gain``), else 0."""
+    m = f.evidence.get("remedy_metric") if isinstance(f.evidence, dict) else None
+    gain = m.get("gain") if isinstance(m, dict) else None
+    return float(gain) if isinstance(gain, (int, float)) and np.isfinite(gain) else 0.0
+
+
 @dataclass
 class ContextResult:
     """A context's metric against ground truth."""
@@ -84,10 +91,15 @@ class Report:
 
     def ranked(self) -> list[Finding]:
         """Most important first: by severity, causes before the symptom (the drop itself),
-        then checklist order (stable)."""
+        checklist order, then the larger measured remedy gain (stable otherwise)."""
         return sorted(
             self.findings,
-            key=lambda f: (SEVERITY_ORDER[f.severity], f.id in SYMPTOMS, f.suspect),
+            key=lambda f: (
+                SEVERITY_ORDER[f.severity],
+                f.id in SYMPTOMS,
+                f.suspect,
+                -_remedy_gain(f),
+            ),
         )
 
     @property

@@ -96,6 +96,8 @@ def _finding_view(f: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         plots_svg.append(_plot(plots.hypothesis_bars, hyps))
     if fid == "layers.low_snr" and layers.get("layers"):
         plots_svg.append(_plot(plots.snr_bars, layers["layers"], ev.get("threshold_db", 10.0)))
+    if fid == "layers.weight_range_imbalance" and f["severity"] != "ok" and layers.get("layers"):
+        plots_svg.append(_plot(plots.weight_snr_bars, layers["layers"]))
     if fid in ("layers.low_snr", "layers.wide_range") and f["severity"] in ("error", "warning"):
         plots_svg.extend(_histograms(f, layers))
         plots_svg.extend(_scatters(f, layers))
@@ -108,16 +110,10 @@ def _finding_view(f: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         "scalars": {k: v for k, v in ev.items() if not isinstance(v, (dict, list))},
         "nested": {k: v for k, v in ev.items() if isinstance(v, (dict, list)) and v},
         "recipe_yaml": "recipe:\n"
-        + "\n".join(
-            f"  - {r}"
-            for r in f.get("recipe", [])
-            if not r.startswith(CONFIG_KEYS)
-        )
+        + "\n".join(f"  - {r}" for r in f.get("recipe", []) if not r.startswith(CONFIG_KEYS))
         if any(not r.startswith(CONFIG_KEYS) for r in f.get("recipe", []))
         else "",
-        "config_lines": [
-            r for r in f.get("recipe", []) if r.startswith(CONFIG_KEYS)
-        ],
+        "config_lines": [r for r in f.get("recipe", []) if r.startswith(CONFIG_KEYS)],
     }
 
 

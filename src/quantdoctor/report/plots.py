@@ -170,6 +170,28 @@ def snr_bars(layers: Sequence[dict[str, Any]], threshold_db: float = LOW_SNR_DB)
 
 
 @_with_rc
+def weight_snr_bars(layers: Sequence[dict[str, Any]]) -> str:
+    """Per layer with weights: weight SNR with per-tensor against per-channel ranges (the
+    depthwise failure: per-tensor far below per-channel)."""
+    rows = [r for r in layers if r.get("weight_snr_db")]
+    names = [str(r["name"]) for r in rows]
+    per_tensor = np.array([r["weight_snr_db"]["per_tensor"] for r in rows], dtype=float)
+    per_channel = np.array([r["weight_snr_db"]["per_channel"] for r in rows], dtype=float)
+    width = min(max(6.4, 0.12 * len(names) + 2), 16)
+    fig = _figure(width, 3.2)
+    ax = fig.add_subplot()
+    x = np.arange(len(names))
+    ax.bar(x, np.minimum(per_channel, SNR_CAP_DB), width=0.8, color=_GREY, label="per-channel")
+    ax.bar(x, np.minimum(per_tensor, SNR_CAP_DB), width=0.5, color=_BLUE, label="per-tensor")
+    ax.set_ylabel("weight SNR (dB)")
+    step = max(1, len(names) // 60)
+    ax.set_xticks(x[::step], [_short(n) for n in names[::step]], rotation=90, fontsize=6)
+    ax.set_xlim(-0.7, len(names) - 0.3)
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncols=2, fontsize=7, frameon=False)
+    return _svg(fig)
+
+
+@_with_rc
 def tensor_histogram(
     name: str,
     tensor: dict[str, Any],
@@ -251,4 +273,5 @@ __all__ = [
     "snr_bars",
     "tensor_histogram",
     "value_scatter",
+    "weight_snr_bars",
 ]

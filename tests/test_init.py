@@ -315,16 +315,23 @@ LITE0 = REPO / "examples" / "models" / "efficientnet_lite0.onnx"
 YOLOX = SHARED_DATA / "models" / "yolox_nano.onnx"
 
 
+@pytest.fixture(scope="module")
+def lite0(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The exported model in examples/models when it is there, else exported now (as the
+    other real-model tests do; needs the examples extra)."""
+    if LITE0.is_file():
+        return LITE0
+    from .test_real_models import _export
+
+    return _export(tmp_path_factory, "export_efficientnet_lite0")
+
+
 @pytest.mark.shared_data
-def test_init_efficientnet_lite0(tmp_path: Path) -> None:
-    if not LITE0.is_file():
-        pytest.skip(
-            f"{LITE0} not found: python examples/export_efficientnet_lite0.py -o {LITE0}"
-        )
+def test_init_efficientnet_lite0(lite0: Path, tmp_path: Path) -> None:
     out = tmp_path / "doctor.yaml"
     start = time.perf_counter()
     result = scaffold(
-        LITE0,
+        lite0,
         SHARED_DATA / "imagenet-sample",
         REPO / "examples" / "imagenet_sample_labels.txt",
         output=out,

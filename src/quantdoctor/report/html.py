@@ -98,7 +98,8 @@ def _finding_view(f: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         plots_svg.append(_plot(plots.snr_bars, layers["layers"], ev.get("threshold_db", 10.0)))
     if fid == "layers.weight_range_imbalance" and f["severity"] != "ok" and layers.get("layers"):
         plots_svg.append(_plot(plots.weight_snr_bars, layers["layers"]))
-    if fid in ("layers.low_snr", "layers.wide_range") and f["severity"] in ("error", "warning"):
+    # a wide_range "info" still shows its outliers and the clip that did not pay (collapsed)
+    if fid == "layers.wide_range" or (fid == "layers.low_snr" and f["severity"] != "ok"):
         plots_svg.extend(_histograms(f, layers))
         plots_svg.extend(_scatters(f, layers))
     thumbs = _thumbnails(f) if fid.startswith("calibration.") else []

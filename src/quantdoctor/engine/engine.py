@@ -10,6 +10,7 @@ tensors, building each model and session once and caching outputs within a run.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,9 @@ from .runner import OrtRunner
 
 #: Contexts this version runs (DESIGN §2); external (device outputs) comes later.
 CONTEXTS = ("native", "fp_optimized", "quantized", "int8")
+#: ONNX Runtime sessions kept at once (least recently used dropped first): each holds its
+#: model and memory, and a diagnose builds dozens (plans, captures); outputs stay cached.
+MAX_SESSIONS = 8
 _OPTIMIZATION = {"native": "all", "fp_optimized": "all", "quantized": "emulate", "int8": "all"}
 
 
@@ -112,7 +116,8 @@ class Engine:
         self._splits: dict[str, ImageSet] = {}
         self._class_names: list[str] | None = None
         self.data_notes: list[str] = []
-        self._runners: dict[tuple[str, str, str], OrtRunner] = {}
+        #: the most recently used sessions (each holds its model and ORT's memory)
+        self._runners: OrderedDict[tuple[str, str, str], OrtRunner] = OrderedDict()
         self._outputs: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
         self._range_sets: dict[str, Ranges] = {}
         self._qdq_models: dict[tuple[str, str, bool], onnx.ModelProto] = {}
@@ -242,7 +247,8 @@ class Engine:
         if name in self._range_sets:
             self._qdq_models = {k: v for k, v in self._qdq_models.items() if k[1] != name}
             stale = f"|{name}"
-            self._runners = {k: v for k, v in self._runners.items() if not k[0].endswith(stale)}
+            for key in [k for k in self._runners if k[0].endswith(stale)]:
+                del self._runners[key]
             self._outputs = {k: v for k, v in self._outputs.items() if not k[0].endswith(stale)}
         self._range_sets[name] = ranges
 
@@ -306,13 +312,17 @@ class Engine:
         reduced: Sequence[str] = (),
     ) -> OrtRunner:
         key = (self._model_key(context, plan, ranges), ",".join(extra), ",".join(reduced))
-        if key not in self._runners:
-            self._runners[key] = OrtRunner(
-                self.model(context, plan, ranges),
-                _OPTIMIZATION[context],
-                extra,
-                reduced_outputs=reduced,
-            )
+        if key in self._runners:
+            self._runners.move_to_end(key)
+            return self._runners[key]
+        while len(self._runners) >= MAX_SESSIONS:
+            self._runners.popitem(last=False)  # outputs stay cached; sessions are rebuilt
+        self._runners[key] = OrtRunner(
+            self.model(context, plan, ranges),
+            _OPTIMIZATION[context],
+            extra,
+            reduced_outputs=reduced,
+        )
         return self._runners[key]
 
     # --- outputs and tensors ---------------------------------------------------------------

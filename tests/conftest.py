@@ -96,20 +96,25 @@ def digits_config(digits: dict[str, Path], tmp_path: Path):  # type: ignore[no-u
     """Returns a writer: ``digits_config(**overrides) -> Path`` of a valid doctor.yaml."""
 
     def make(**overrides: Any) -> Path:
-        config: dict[str, Any] = {
-            "model": str(digits["model"]),
-            "task": "classification",
-            "data": {
-                "calibration": {"path": str(digits["train"]), "limit": 64},
-                "evaluation": {"path": str(digits["test"])},
-            },
-            "preprocess": {"color": "rgb", "scale": 1 / 255},
-            "metric": "top1",
-            "target": "hailo8",
-            "recipe": [{"calibration": {"method": "minmax", "size": 64}}],
-            "report": {"dir": str(tmp_path / "report")},
-        }
-        config.update(overrides)
-        return write_config(tmp_path, config)
+        return write_config(tmp_path, digits_doctor(digits, tmp_path / "report", **overrides))
 
     return make
+
+
+def digits_doctor(digits: dict[str, Path], report_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """A valid doctor.yaml (as a dict) for the digits model, with top-level overrides."""
+    config: dict[str, Any] = {
+        "model": str(digits["model"]),
+        "task": "classification",
+        "data": {
+            "calibration": {"path": str(digits["train"]), "limit": 64},
+            "evaluation": {"path": str(digits["test"])},
+        },
+        "preprocess": {"color": "rgb", "scale": 1 / 255},
+        "metric": "top1",
+        "target": "hailo8",
+        "recipe": [{"calibration": {"method": "minmax", "size": 64}}],
+        "report": {"dir": str(report_dir)},
+    }
+    config.update(overrides)
+    return config

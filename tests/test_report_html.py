@@ -20,7 +20,7 @@ from quantdoctor.errors import QuantdoctorError
 from quantdoctor.report import Finding, Report
 from quantdoctor.report.html import render_html, write_html
 
-from .conftest import write_config
+from .conftest import digits_doctor, write_config
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -43,18 +43,7 @@ def _no_external_resources(html: str) -> None:
 def double_normalization_report(digits, tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
     """diagnose, the whole checklist, on the digits MLP fed twice-normalized input."""
     folder = tmp_path_factory.mktemp("html_double")
-    cfg = {
-        "model": str(digits["model"]),
-        "task": "classification",
-        "data": {
-            "calibration": {"path": str(digits["train"]), "limit": 64},
-            "evaluation": {"path": str(digits["test"])},
-        },
-        "preprocess": {"color": "rgb", "scale": 1 / 255},
-        "target": "hailo8",
-        **DOUBLE_NORMALIZATION,
-        "report": {"dir": str(folder / "report")},
-    }
+    cfg = digits_doctor(digits, folder / "report", **DOUBLE_NORMALIZATION)
     path = write_config(folder, cfg)
     result = CliRunner().invoke(app, ["diagnose", str(path)])
     assert result.exit_code == 0, result.output

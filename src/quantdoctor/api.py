@@ -54,10 +54,14 @@ class _Run:
         self.engine = Engine(config, progress, resolve_target(config.target))
         self.task: Task = make_task(config)
         self.native_task = make_native_task(config)
+        #: brings conclusions drawn across steps up to date before each save
+        self.conclude: Callable[[Report], None] | None = None
 
     def save(self) -> None:
         """findings.json, then index.html from the same content (a failed page never costs
         the JSON: it is written first, and a page error is only logged)."""
+        if self.conclude is not None:
+            self.conclude(self.report)
         if self.write:
             self.report.write_json(self.folder)
             try:
@@ -180,8 +184,13 @@ def analyze(
     return run.report
 
 
-def _point_to_causes(report: Report) -> None:
-    """After the whole checklist, a degradation's remedy is its causes, not 'run diagnose'."""
+def _conclude(report: Report) -> None:
+    """Across steps: an error in the float pipeline marks the three-way results unreliable;
+    a degradation's remedy is its causes, not 'run diagnose'."""
+    if report.reliability:
+        for f in report.findings:
+            if f.suspect == 3:
+                f.evidence["unreliable"] = UNRELIABLE
     causes = [f.id for f in report.ranked()
               if f.severity in ("error", "warning") and f.suspect != 3]
     for f in report.findings:
@@ -211,6 +220,7 @@ def diagnose(
     written after each step; when step 1 finds an error the quantized results are marked
     unreliable. ``skip`` leaves out steps by name ("calibration", "layers")."""
     run = _Run(config, progress, target, report_dir, write)
+    run.conclude = _conclude
     report = run.report
     run.step("setup", run.setup)
 
@@ -233,10 +243,4 @@ def diagnose(
     run.step("evaluation", lambda: run.three_way(max_drop))
     if "layers" not in skip:
         run.step("layers", lambda: _layers(run, max_drop))
-    if report.reliability:
-        for f in report.findings:
-            if f.suspect == 3:
-                f.evidence["unreliable"] = UNRELIABLE
-    _point_to_causes(report)
-    run.save()
     return report

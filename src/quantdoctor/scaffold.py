@@ -44,6 +44,7 @@ from .errors import ConfigError, DataError, QuantdoctorError
 from .graph.inspect import ModelGuess, describe_shape, guess_model
 from .graph.model import load_model
 from .progress import Advance, NullProgress, Progress
+from .report.findings import write_atomic
 
 #: Labelled images scored per normalization candidate (a seeded sample).
 MEASURE_IMAGES = {"classification": 100, "detection": 32}
@@ -812,10 +813,7 @@ def write_config_file(text: str, path: str | Path, force: bool = False) -> Path:
     """Write ``text`` to ``path`` atomically; refuse to replace a file unless ``force``."""
     path = Path(path)
     check_writable(path, force)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_atomic(path, text)
 
 
 def check_writable(path: str | Path, force: bool) -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,7 +37,7 @@ from ..engine import Engine
 from ..errors import QuantdoctorError
 from ..progress import StepTimer
 from ..quant.qdq import tensors_to_calibrate
-from ..report import Finding
+from ..report import Finding, to_json_types
 from ..stats import bootstrap_ci
 from ..tasks import Task
 from . import calibration_stats as cs
@@ -190,24 +189,6 @@ def _features(engine: Engine, name: str, images: ImageSet) -> np.ndarray:
 
 def _names(paths: list[Any], index: Any) -> list[str]:
     return [str(paths[i]) for i in list(index)[:MAX_LISTED]]
-
-
-def _jsonable(x: Any) -> Any:
-    """numpy scalars/arrays, tuples and paths → plain JSON types; NaN and ±inf → None (the
-    evidence is written to findings.json as is)."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, np.generic):
-        return _jsonable(x.item())
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    if isinstance(x, Path):
-        return str(x)
-    return x
 
 
 def _round(x: float, digits: int = 4) -> float:
@@ -831,7 +812,7 @@ def calibration_checks(
     timer = StepTimer()
 
     def add(finding: Finding) -> None:
-        finding.evidence = _jsonable(finding.evidence)
+        finding.evidence = to_json_types(finding.evidence)
         result.findings.append(finding)
         if on_finding:
             on_finding(finding)
@@ -906,7 +887,7 @@ def calibration_checks(
             )
             add(finding)
 
-    result.evidence = _jsonable(
+    result.evidence = to_json_types(
         {
             "calibration_images": len(cal),
             "evaluation_images": len(ev),

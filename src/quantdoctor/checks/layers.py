@@ -56,7 +56,7 @@ from ..engine import Engine
 from ..engine.subgraph import LayerSweep, OutputNoise, Variant
 from ..progress import StepTimer
 from ..quant import LayerInfo, QuantPlan, Ranges
-from ..report import Finding
+from ..report import Finding, to_json_types
 from ..tasks import Task, TaskScores
 from . import layer_findings as lf
 from . import layer_graph as lg
@@ -103,19 +103,9 @@ class LayerResult:
 
 
 def _jsonable(x: Any) -> Any:
-    """numpy → JSON types; floats to 6 significant digits (per-channel tables of a large
-    model are long); NaN/inf → null."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, np.generic):
-        return _jsonable(x.item())
-    if isinstance(x, float):
-        return float(f"{x:.6g}") if np.isfinite(x) else None
-    return x
+    """JSON types with floats to 6 significant digits (per-channel tables of a large model
+    are long)."""
+    return to_json_types(x, significant=6)
 
 
 def _r(x: float | None, digits: int = 2) -> float | None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..config import NormalizationCommand
 from ..engine import Engine, InputVariant
-from ..quant.plan import PASSTHROUGH_OPS
+from ..graph.inspect import output_activations
 from ..report import Finding
 from ..stats import bootstrap_ci
 from ..tasks import Task, make_task
@@ -36,7 +36,6 @@ DEPLOY_THRESHOLD = 0.3
 #: native vs fp_optimized: below this output SNR the float transforms changed the model.
 MIN_FP_SNR_DB = 40.0
 _COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-_STEP_THROUGH = (*PASSTHROUGH_OPS, "Concat")
 
 
 @dataclass
@@ -312,23 +311,6 @@ def test_hypotheses(
 # --- output activations ------------------------------------------------------------------------
 
 
-def _activation_upstream(engine: Engine, output: str) -> list[str]:
-    """Sigmoid/Softmax nodes that feed a graph output through data-movement ops only."""
-    producer = {o: n for n in engine.float_model.graph.node for o in n.output}
-    found, todo, seen = [], [output], set()
-    while todo:
-        t = todo.pop()
-        node = producer.get(t)
-        if node is None or node.name in seen:
-            continue
-        seen.add(node.name)
-        if node.op_type in ("Sigmoid", "Softmax", "LogSoftmax"):
-            found.append(node.op_type)
-        elif node.op_type in _STEP_THROUGH:
-            todo.extend(i for i in (node.input if node.op_type == "Concat" else node.input[:1]))
-    return sorted(set(found))
-
-
 def _score_values(task: Task, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
     post = getattr(task, "post", None)
     if post is None:  # classification
@@ -348,7 +330,7 @@ def output_activation_check(engine: Engine, task: Task, split: str, seed: int) -
     if post.activation == "none":
         return None
     outputs = engine.outputs("fp_optimized", split)
-    graph = sorted({a for o in outputs for a in _activation_upstream(engine, o)})
+    graph = sorted({a for o in outputs for a in output_activations(engine.float_model, o)})
     values = _score_values(task, outputs)
     in_unit = values is not None and float(values.min()) >= 0.0 and float(values.max()) <= 1.0
     if not graph and not in_unit:

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 #: Ops that only move or select values: an activation before them still decides the output.
 _MOVE_OPS = frozenset(
     {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Slice", "Split",
-     "Gather", "Concat", "Cast"}
+     "Gather", "Concat", "Cast", "MaxPool", "Expand", "DepthToSpace", "SpaceToDepth", "Pad",
+     "Tile"}
 )
 #: Elementwise ops with a constant operand that, right at the input, normalize it.
 _NORM_OPS = frozenset({"Sub", "Div", "Mul", "Add"})

@@ -1,5 +1,5 @@
 """Findings model, findings.json, and the terminal view."""
 
-from .findings import SEVERITY_ORDER, ContextResult, Finding, Report
+from .findings import SEVERITY_ORDER, ContextResult, Finding, Report, to_json_types
 
-__all__ = ["SEVERITY_ORDER", "ContextResult", "Finding", "Report"]
+__all__ = ["SEVERITY_ORDER", "ContextResult", "Finding", "Report", "to_json_types"]

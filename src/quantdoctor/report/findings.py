@@ -58,21 +58,39 @@ class ContextResult:
     n: int
 
 
-def _plain(x: Any) -> Any:
-    """numpy scalars/arrays and tuples → JSON types; NaN → null."""
+def to_json_types(x: Any, significant: int | None = None) -> Any:
+    """numpy scalars/arrays, tuples and paths → JSON types; NaN/±inf → null; floats rounded
+    to ``significant`` digits when given (long per-channel tables)."""
     if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
+        return {str(k): to_json_types(v, significant) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
+        return [to_json_types(v, significant) for v in x]
     if isinstance(x, np.ndarray):
-        return _plain(x.tolist())
+        return to_json_types(x.tolist(), significant)
     if isinstance(x, np.generic):
-        return _plain(x.item())
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
+        return to_json_types(x.item(), significant)
+    if isinstance(x, float):
+        if not np.isfinite(x):
+            return None
+        return float(f"{x:.{significant}g}") if significant else x
     if isinstance(x, Path):
         return str(x)
     return x
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    """Write a report file so that a crash never leaves half of it; readable by all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is for reading
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 @dataclass
@@ -107,7 +125,7 @@ class Report:
         return next((f for f in self.ranked() if f.severity in ("error", "warning")), None)
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(
+        return to_json_types(
             {
                 "version": 1,
                 "tool": f"quantdoctor {__version__}",
@@ -124,15 +142,4 @@ class Report:
 
     def write_json(self, folder: Path) -> Path:
         """Write ``findings.json`` atomically (a crash never leaves half a file)."""
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "findings.json"
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".findings.", suffix=".json")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(self.to_dict(), fh, indent=2)
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is for reading
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_atomic(folder / "findings.json", json.dumps(self.to_dict(), indent=2))

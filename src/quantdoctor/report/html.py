@@ -14,8 +14,6 @@ import base64
 import io
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Any
 
 from . import plots
 from .checklist import checklist, key_number, num
-from .findings import Report
+from .findings import Report, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +37,7 @@ MAX_HISTOGRAMS = 6
 def write_html(report: Report | dict[str, Any], folder: Path) -> Path:
     """Render ``index.html`` into ``folder`` atomically; returns its path."""
     data = report.to_dict() if isinstance(report, Report) else report
-    text = render_html(data)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "index.html"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".index.", suffix=".html")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is for reading
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(folder / "index.html", render_html(data))
 
 
 def render_html(data: dict[str, Any]) -> str:
@@ -103,6 +89,7 @@ def _finding_view(f: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         plots_svg.extend(_histograms(f, layers))
         plots_svg.extend(_scatters(f, layers))
     thumbs = _thumbnails(f) if fid.startswith("calibration.") else []
+    commands = [r for r in f.get("recipe", []) if not r.startswith(CONFIG_KEYS)]
     return {
         **f,
         "key": key_number(f),
@@ -110,10 +97,7 @@ def _finding_view(f: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         "thumbnails": thumbs,
         "scalars": {k: v for k, v in ev.items() if not isinstance(v, (dict, list))},
         "nested": {k: v for k, v in ev.items() if isinstance(v, (dict, list)) and v},
-        "recipe_yaml": "recipe:\n"
-        + "\n".join(f"  - {r}" for r in f.get("recipe", []) if not r.startswith(CONFIG_KEYS))
-        if any(not r.startswith(CONFIG_KEYS) for r in f.get("recipe", []))
-        else "",
+        "recipe_yaml": "recipe:\n" + "\n".join(f"  - {r}" for r in commands) if commands else "",
         "config_lines": [r for r in f.get("recipe", []) if r.startswith(CONFIG_KEYS)],
     }
 

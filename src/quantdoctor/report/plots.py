@@ -40,12 +40,10 @@ def _figure(width: float, height: float) -> Any:
 
 
 def _svg(fig: Any) -> str:
-    """The figure as one ``<svg>`` element, its ids prefixed so that pages can hold many."""
-    import matplotlib
-
+    """The figure as one ``<svg>`` element, its ids prefixed so that pages can hold many
+    (called inside a plotting function, under its rcParams)."""
     buf = io.StringIO()
-    with matplotlib.rc_context(_RC):
-        fig.savefig(buf, format="svg")
+    fig.savefig(buf, format="svg")
     text = buf.getvalue()
     text = text[text.index("<svg") :]
     prefix = f"qd{next(_ids)}-"

@@ -69,6 +69,10 @@ class QuantPlan:
     enabled_only: frozenset[str] | None = None
     quantize_weights: bool = True
     quantize_activations: bool = True
+    #: Clipped weight ranges by layer name (``weights_clipping``): the largest magnitude kept,
+    #: one value (per tensor) or one per output channel. Tuples, not arrays: the plan's repr
+    #: is its cache key.
+    weight_ranges: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     def replace(self, **changes: object) -> QuantPlan:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -80,6 +84,10 @@ class QuantPlan:
                 f"allowed: {', '.join(self.target.precisions)}"
             )
         return replace(self, precision={**self.precision, **dict.fromkeys(patterns, precision)})
+
+    def clip_weights(self, clips: dict[str, tuple[float, ...]]) -> QuantPlan:
+        """Quantize these layers' weights with a clipped range (layer name → max |w| kept)."""
+        return replace(self, weight_ranges={**self.weight_ranges, **clips})
 
     def disable_layers(self, patterns: Iterable[str]) -> QuantPlan:
         return replace(self, disabled_layers=self.disabled_layers | frozenset(patterns))
@@ -114,6 +122,10 @@ class QuantPlan:
                 found = precision
         return PRECISIONS[found] if found else None
 
+    def weight_range(self, layer: LayerInfo) -> tuple[float, ...] | None:
+        """The clipped weight range of this layer (max |w| kept), or None: the full range."""
+        return self.weight_ranges.get(layer.name)
+
     def weight_scheme(self, layer: LayerInfo) -> QuantScheme | None:
         if not (self.quantize_weights and self.layer_enabled(layer)) or layer.weight is None:
             return None
@@ -135,6 +147,20 @@ class QuantPlan:
         )
 
 
+def weight_axis(node: onnx.NodeProto, ndim: int) -> int | None:
+    """The output-channel axis of a weighted node's weight (per-channel quantization)."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    if node.op_type == "MatMul":
+        return ndim - 1
+    return None
+
+
 def _matches(layer: LayerInfo, patterns: Iterable[str]) -> bool:
     return any(
         fnmatch.fnmatchcase(layer.name, p) or fnmatch.fnmatchcase(layer.output, p) for p in patterns
@@ -154,7 +180,9 @@ def _float_tensors(model: onnx.ModelProto) -> set[str]:
 def find_layers(model: onnx.ModelProto, target: Target) -> list[LayerInfo]:
     """The layers of a (cleaned) float model, in graph order. Passthrough ops and nodes without
     a float output are not layers; an activation in ``target.fused_activations`` that is the
-    only consumer of a layer's output is folded into that layer."""
+    only consumer of a layer's output is folded into that layer. A folded Relu whose only
+    consumer is ``Min(x, constant)`` (a ReLU6 with per-channel bounds, as cross-layer
+    equalization writes it) is folded together with the Min: ``fused_activation="Relu+Min"``."""
     g = model.graph
     inits = {i.name for i in g.initializer}
     floats = _float_tensors(model)
@@ -185,6 +213,20 @@ def find_layers(model: onnx.ModelProto, target: Target) -> list[LayerInfo]:
             fused = users[0]
             absorbed.add(fused.name)
             out = fused.output[0]
+        fused_op = fused.op_type if fused else None
+        bounded = consumers.get(out, [])
+        if (
+            fused_op == "Relu"
+            and len(bounded) == 1
+            and bounded[0].op_type == "Min"
+            and out not in graph_outputs
+            and len(bounded[0].input) == 2
+            and sum(i == out for i in bounded[0].input) == 1
+            and all(i == out or i in inits for i in bounded[0].input)
+        ):
+            absorbed.add(bounded[0].name)
+            out = bounded[0].output[0]
+            fused_op = "Relu+Min"
         weight = (
             node.input[1]
             if node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in inits
@@ -192,7 +234,5 @@ def find_layers(model: onnx.ModelProto, target: Target) -> list[LayerInfo]:
         )
         if weight is not None and init_dtype[weight] != "f":
             weight = None
-        layers.append(
-            LayerInfo(node.name, node.op_type, weight, out, fused.op_type if fused else None)
-        )
+        layers.append(LayerInfo(node.name, node.op_type, weight, out, fused_op))
     return layers

@@ -84,6 +84,6 @@ def test_target_overrides() -> None:
 def test_planned_recipe_command_is_refused_when_run(digits_config) -> None:  # type: ignore[no-untyped-def]
     from quantdoctor.engine import Engine
 
-    cfg = load_config(digits_config(recipe=[{"equalization": {}}]))
-    with pytest.raises(ConfigError, match="equalization.*not implemented"):
+    cfg = load_config(digits_config(recipe=[{"adaround": {}}]))
+    with pytest.raises(ConfigError, match=r"adaround.*quantdoctor\[train\]"):
         Engine(cfg)

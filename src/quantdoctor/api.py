@@ -15,6 +15,8 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .checks.calibration import calibration_checks
 from .checks.evaluation import EvaluationResult, three_way_test
 from .checks.layers import layer_checks
@@ -62,6 +64,16 @@ class _Run:
         the JSON: it is written first, and a page error is only logged)."""
         if self.conclude is not None:
             self.conclude(self.report)
+        self.report.recipe = {
+            "commands": [
+                yaml.safe_dump(
+                    step.model_dump(mode="json"), default_flow_style=True, width=10_000,
+                    sort_keys=False,
+                ).strip()
+                for step in self.config.recipe
+            ],
+            "applied": [r.to_dict() for r in self.engine.recipe_log],
+        }
         if self.write:
             self.report.write_json(self.folder)
             try:

@@ -162,7 +162,10 @@ class TargetConfig(_Strict):
 
 
 class CalibrationCommand(_Strict):
-    method: Literal["minmax", "percentile"] = "minmax"
+    """How activation ranges are found: minmax, an exact percentile, the range of least
+    quantization MSE, or TensorRT's KL-divergence (entropy) method."""
+
+    method: Literal["minmax", "percentile", "mse", "entropy"] = "minmax"
     size: int = Field(default=64, gt=0)
     percentile: float = Field(default=99.99, gt=50.0, le=100.0)
 
@@ -215,16 +218,74 @@ class QuantizationParamStep(_Strict):
     quantization_param: QuantizationParamCommand
 
 
+class ClippingCommand(_Strict):
+    """Clip the ranges of the matched layers: ``percentile`` with ``values: [low, high]``
+    percentiles, ``manual`` with ``values: [low, high]`` bounds, or ``mse`` (no values)."""
+
+    layers: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    mode: Literal["percentile", "manual", "mse"] = "percentile"
+    values: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _values_fit_mode(self) -> ClippingCommand:
+        if self.mode == "mse":
+            if self.values:
+                raise ValueError("mode mse takes no values; remove values or use manual")
+            return self
+        if self.values is None or len(self.values) != 2:
+            got = "none" if self.values is None else f"{len(self.values)}"
+            raise ValueError(f"mode {self.mode} needs values: [low, high] (2 numbers), got {got}")
+        lo, hi = self.values
+        if not lo < hi:
+            raise ValueError(f"values must be in increasing order [low, high], got [{lo}, {hi}]")
+        if self.mode == "percentile" and not (lo >= 0 and hi <= 100):
+            raise ValueError(f"percentiles must lie in [0, 100], got [{lo}, {hi}]")
+        return self
+
+
+class ActivationClippingStep(_Strict):
+    activation_clipping: ClippingCommand
+
+
+class WeightsClippingStep(_Strict):
+    weights_clipping: ClippingCommand
+
+
+class EqualizationCommand(_Strict):
+    """Cross-layer equalization of consecutive Conv/Gemm pairs (``layers``: fnmatch patterns
+    on node names; default all pairs)."""
+
+    layers: list[str] | None = None
+
+
+class EqualizationStep(_Strict):
+    equalization: EqualizationCommand = EqualizationCommand()
+
+    @field_validator("equalization", mode="before")
+    @classmethod
+    def _empty(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+
+class BiasCorrectionCommand(_Strict):
+    """Empirical bias correction, layer by layer on calibration images (``layers``: fnmatch
+    patterns; default every layer with weights)."""
+
+    layers: list[str] | None = None
+
+
+class BiasCorrectionStep(_Strict):
+    bias_correction: BiasCorrectionCommand = BiasCorrectionCommand()
+
+    @field_validator("bias_correction", mode="before")
+    @classmethod
+    def _empty(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+
 #: Recipe commands of DESIGN §2 that later versions implement; accepted by the
 #: schema so that a config is future-proof, refused with a clear error when run.
-PLANNED_COMMANDS = (
-    "activation_clipping",
-    "weights_clipping",
-    "equalization",
-    "bias_correction",
-    "adaround",
-    "finetune",
-)
+PLANNED_COMMANDS = ("adaround", "finetune")
 
 
 class PlannedStep(BaseModel):
@@ -241,6 +302,10 @@ def _step_kind(value: Any) -> str | None:
             QuantizationParamStep: "quantization_param",
             NormalizationStep: "normalization",
             InputConversionStep: "input_conversion",
+            ActivationClippingStep: "activation_clipping",
+            WeightsClippingStep: "weights_clipping",
+            EqualizationStep: "equalization",
+            BiasCorrectionStep: "bias_correction",
         }
         return kinds.get(type(value), "planned")
     return None
@@ -252,6 +317,10 @@ RecipeStep = Annotated[
         Annotated[QuantizationParamStep, Tag("quantization_param")],
         Annotated[NormalizationStep, Tag("normalization")],
         Annotated[InputConversionStep, Tag("input_conversion")],
+        Annotated[ActivationClippingStep, Tag("activation_clipping")],
+        Annotated[WeightsClippingStep, Tag("weights_clipping")],
+        Annotated[EqualizationStep, Tag("equalization")],
+        Annotated[BiasCorrectionStep, Tag("bias_correction")],
         Annotated[PlannedStep, Tag("planned")],
     ],
     Discriminator(
@@ -259,8 +328,9 @@ RecipeStep = Annotated[
         custom_error_type="recipe_command",
         custom_error_message=(
             "each recipe entry is one command: {calibration: ...}, {quantization_param: ...}, "
-            "{normalization: {mean, std}}, {input_conversion: bgr_to_rgb}"
-            f" or one of {', '.join(PLANNED_COMMANDS)}"
+            "{normalization: {mean, std}}, {input_conversion: bgr_to_rgb}, "
+            "{activation_clipping: ...}, {weights_clipping: ...}, {equalization: {}}, "
+            f"{{bias_correction: {{}}}} or one of {', '.join(PLANNED_COMMANDS)}"
         ),
     ),
 ]
@@ -324,11 +394,10 @@ class DoctorConfig(_Strict):
 
     @property
     def calibration(self) -> CalibrationCommand:
-        """The recipe's calibration command (the default one when absent)."""
-        for step in self.recipe:
-            if isinstance(step, CalibrationStep):
-                return step.calibration
-        return CalibrationCommand()
+        """The recipe's calibration command (the last one wins, as when applied; the default
+        one when absent)."""
+        found = [s.calibration for s in self.recipe if isinstance(s, CalibrationStep)]
+        return found[-1] if found else CalibrationCommand()
 
     @property
     def input_transforms(self) -> list[NormalizationCommand | str]:
@@ -344,6 +413,18 @@ class DoctorConfig(_Strict):
     @property
     def precisions(self) -> list[QuantizationParamCommand]:
         return [s.quantization_param for s in self.recipe if isinstance(s, QuantizationParamStep)]
+
+    @property
+    def remedy_steps(self) -> list[tuple[int, str, BaseModel]]:
+        """(index, command name, command) of the recipe's remedy commands, in recipe order:
+        everything but the input transforms (normalization, input_conversion)."""
+        out = []
+        for i, step in enumerate(self.recipe):
+            if isinstance(step, (NormalizationStep, InputConversionStep, PlannedStep)):
+                continue
+            name = next(iter(type(step).model_fields))
+            out.append((i, name, getattr(step, name)))
+        return out
 
     @property
     def planned_steps(self) -> list[tuple[int, str]]:

@@ -20,7 +20,7 @@ from onnx import numpy_helper
 
 from ..engine.subgraph import Variant, literal
 from ..graph import load_model
-from ..quant.qdq import _weight_axis
+from ..quant.plan import weight_axis
 from ..report import Finding
 from . import layer_graph as lg
 from .evaluation import compare
@@ -256,10 +256,16 @@ def low_snr(a: LayerAnalysis) -> Finding:
     rec = f"Quantize these layers with 16 bits (a16_w16): {_names(candidates)}." + (
         f" Measured: {a.metric_text(m)}." if m else ""
     )
+    if candidates and PRECISION_16 not in a.engine.target.precisions:
+        rec = (
+            f"These layers are the most sensitive: {_names(candidates)}; 16-bit layers are not "
+            f"available on target {a.engine.target.name} (precisions: "
+            f"{', '.join(a.engine.target.precisions)}): clip their ranges or equalize instead."
+        )
     recipe = (
         [f"quantization_param: {{layers: {candidates}, precision: {PRECISION_16}}}"]
-        if candidates
-        else []
+        if candidates and PRECISION_16 in a.engine.target.precisions
+        else []  # no 16-bit mode on this target: nothing to paste
     )
     return Finding("layers.low_snr", SUSPECT, severity, title, evidence, rec, recipe)
 
@@ -378,7 +384,7 @@ def weight_stats(a: LayerAnalysis) -> dict[str, dict[str, Any]]:
         if scheme is None or node is None or layer.weight not in a.inits:
             continue
         w = numpy_helper.to_array(a.inits[layer.weight])
-        axis = _weight_axis(node, w.ndim)
+        axis = weight_axis(node, w.ndim)
         stats = weight_range_stats(w, axis, replace(scheme, per_channel=False))
         if stats:
             stats["per_channel_in_target"] = scheme.per_channel
@@ -476,12 +482,25 @@ def weight_range_imbalance(a: LayerAnalysis) -> Finding:
             "",
         )
     with a.timer("remedy_per_channel"):
-        evidence["remedy_output_snr_db"] = {o: _r(v) for o, v in a.output_snr(pc_plan).items()}
-        m = a.measure("per_channel_weights", pc_plan)
+        evidence["per_channel_output_snr_db"] = {
+            o: _r(v) for o, v in a.output_snr(pc_plan).items()
+        }
+        m_pc = a.measure("per_channel_weights", pc_plan)
+    evidence["per_channel_metric"] = m_pc
+    allows_pc = a.engine.target.allows_per_channel_weights
+    if not allows_pc:
+        evidence["per_channel"] = f"not available on this target ({a.engine.target.name})"
+    with a.timer("remedy_equalization"):
+        eq_engine = a.engine.with_recipe([{"equalization": {}}])
+        m_eq = a.measure("equalization", engine=eq_engine)
+        evidence["equalization"] = next(
+            (r.summary for r in eq_engine.recipe_log if r.command == "equalization"), {}
+        )
+    evidence["equalization_metric"] = m_eq
+    use_pc = allows_pc and m_pc is not None and (m_eq is None or m_pc["gain"] > m_eq["gain"])
+    m = m_pc if use_pc else m_eq
+    evidence["remedy"] = "per_channel_weights" if use_pc else "equalization"
     evidence["remedy_metric"] = m
-    evidence["equalization"] = (
-        "not measured: the equalization recipe command is not implemented in this version"
-    )
     severity = a.remedy_severity(m)
     dw = sum(r["depthwise"] for r in named)
     all_dw = sum(s["depthwise"] for s in stats.values())
@@ -490,21 +509,28 @@ def weight_range_imbalance(a: LayerAnalysis) -> Finding:
         f"{len(named)} layer(s) ({dw} of the {all_dw} depthwise) lose precision to per-tensor "
         f"weights: per-channel weights raise their output SNR, e.g. {top}"
     )
-    rec = (
-        "Quantize weights per channel where the target allows it (target: {profile: "
-        f"{a.engine.target.name}, weights: {{per_channel: true}}}}), or equalize the channel "
-        "ranges (cross-layer equalization) before per-tensor quantization"
-        + (f". Measured with per-channel weights: {a.metric_text(m)}." if m else ".")
+    eq_text = f"Measured with equalization: {a.metric_text(m_eq)}." if m_eq else ""
+    pc_text = (
+        f"Measured with per-channel weights: {a.metric_text(m_pc)}"
+        + ("" if allows_pc else f" (not available on {a.engine.target.name})")
+        + "."
+        if m_pc
+        else ""
     )
+    if use_pc:
+        rec = (
+            "Quantize weights per channel (target: {profile: "
+            f"{a.engine.target.name}, weights: {{per_channel: true}}}}). {pc_text} {eq_text}"
+        )
+        recipe = [f"target: {{profile: {a.engine.target.name}, weights: {{per_channel: true}}}}"]
+    else:
+        rec = (
+            "Equalize the channel ranges before per-tensor quantization (cross-layer "
+            f"equalization, recipe command equalization). {eq_text} {pc_text}"
+        )
+        recipe = ["equalization: {}"]
     return Finding(
-        "layers.weight_range_imbalance",
-        SUSPECT,
-        severity,
-        title,
-        evidence,
-        rec,
-        # runnable as is (equalization is a planned recipe command, refused today)
-        [f"target: {{profile: {a.engine.target.name}, weights: {{per_channel: true}}}}"],
+        "layers.weight_range_imbalance", SUSPECT, severity, title, evidence, rec.strip(), recipe
     )
 
 

@@ -241,27 +241,40 @@ class LayerAnalysis:
         return self.score("quantized_baseline", self.context, None)
 
     def score(
-        self, label: str, context: str, plan: QuantPlan | None, ranges: str = "calibration"
+        self,
+        label: str,
+        context: str,
+        plan: QuantPlan | None,
+        ranges: str = "calibration",
+        engine: Engine | None = None,
     ) -> tuple[TaskScores, Any]:
         if label not in self._scores:
             kw: dict[str, Any] = {"ranges": ranges}
             if plan is not None:
                 kw["plan"] = plan
-            self._scores[label] = score_context(self.engine, self.task, context, self.seed, **kw)
+            self._scores[label] = score_context(
+                engine or self.engine, self.task, context, self.seed, **kw
+            )
         return self._scores[label]
 
     def measure(
-        self, label: str, plan: QuantPlan | None = None, ranges: str = "calibration"
+        self,
+        label: str,
+        plan: QuantPlan | None = None,
+        ranges: str = "calibration",
+        engine: Engine | None = None,
     ) -> dict[str, Any] | None:
         """The metric of the model quantized as ``plan``/``ranges`` on the evaluation images,
-        and its gain over the recipe's quantized model (paired CI, paired test)."""
+        and its gain over the recipe's quantized model (paired CI, paired test). ``engine``:
+        a sibling engine with more recipe commands (:meth:`Engine.with_recipe`), measured on
+        the same images."""
         if not self.metrics:
             return None
         if label in self.measured:
             return self.measured[label]
         base_scores, base = self._baseline()
         context = self.context_for(plan)
-        scores, summary = self.score(label, context, plan, ranges)
+        scores, summary = self.score(label, context, plan, ranges, engine)
         cmp = compare("quantized", base_scores, label, scores, self.seed)
         out = {
             "context": context,

@@ -10,6 +10,7 @@ tensors, building each model and session once and caching outputs within a run.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..config import DoctorConfig, ImageSourceConfig, NormalizationCommand
+from ..config import (
+    CalibrationCommand,
+    DoctorConfig,
+    ImageSourceConfig,
+    NormalizationCommand,
+    parse_config,
+)
 from ..data import (
     ImageSet,
     Preprocessor,
@@ -33,9 +40,16 @@ from ..graph import ModelInfo, check_input_matches, clean_model, inspect_model, 
 from ..graph.model import input_hw
 from ..graph.transforms import apply_input_transforms, cut_end_nodes, host_input_transform
 from ..progress import NullProgress, Progress
-from ..quant import QuantPlan, Ranges, Target, build_qdq, calibrate, find_layers, resolve_target
+from ..quant import QuantPlan, Ranges, Target, build_qdq, find_layers, resolve_target
 from ..quant.plan import LayerInfo
-from ..quant.qdq import tensors_to_calibrate
+from ..quant.remedies import (
+    FloatModelEdit,
+    PlanEdit,
+    RangeEdit,
+    Remedy,
+    make_remedy,
+)
+from .recipe import RecipeBackend, RemedyRecord
 from .runner import OrtRunner
 
 #: Contexts this version runs (DESIGN §2); external (device outputs) comes later.
@@ -68,6 +82,15 @@ def _plan_key(plan: QuantPlan) -> str:
     return hashlib.sha1(repr(plan).encode()).hexdigest()[:12]
 
 
+def model_fingerprint(model: onnx.ModelProto) -> str:
+    """A content hash of a model (caches are keyed by content, not by names)."""
+    return hashlib.sha1(model.SerializeToString(deterministic=True)).hexdigest()[:16]
+
+
+def ranges_fingerprint(ranges: Ranges) -> str:
+    return hashlib.sha1(repr(sorted(ranges.items())).encode()).hexdigest()[:16]
+
+
 class Engine:
     """Runs the contexts of one config. Everything expensive happens once per run: image
     decoding (per file), the float outputs, calibration, each QDQ model and session."""
@@ -77,14 +100,16 @@ class Engine:
         config: DoctorConfig,
         progress: Progress | None = None,
         target: Target | None = None,
+        native_model: onnx.ModelProto | None = None,
     ) -> None:
         self.config = config
         self.progress = progress or NullProgress()
         self.preprocessor = Preprocessor(config.preprocess)
         for index, name in config.planned_steps:
             raise ConfigError(
-                f"recipe[{index}]: the '{name}' command is not implemented in this version of "
-                "quantdoctor yet; remove it from the recipe"
+                f"recipe[{index}]: the '{name}' command needs the trainable copy "
+                "(quantdoctor[train]), which this version does not have yet; remove it from "
+                "the recipe"
             )
         if config.start_nodes:
             raise ConfigError(
@@ -92,7 +117,9 @@ class Engine:
                 "or remove start_nodes"
             )
         #: The ONNX as given (cleaned): what the native context runs.
-        self.native_model: onnx.ModelProto = clean_model(load_model(config.model))
+        self.native_model: onnx.ModelProto = (
+            native_model if native_model is not None else clean_model(load_model(config.model))
+        )
         self.info: ModelInfo = inspect_model(self.native_model)
         self.input = check_input_matches(
             self.info, self.preprocessor.output_hw, config.preprocess.layout
@@ -107,8 +134,6 @@ class Engine:
             if config.end_nodes
             else self.uncut_model
         )
-        #: Without transforms or cut, fp_optimized is native: computed once.
-        self.fp_is_native = not self.transforms and not config.end_nodes
         self.target = target or resolve_target(config.target)
         self.layers: list[LayerInfo] = find_layers(self.float_model, self.target)
         self.batch_size = self.input.fixed_batch or config.batch_size or 16
@@ -116,11 +141,105 @@ class Engine:
         self._splits: dict[str, ImageSet] = {}
         self._class_names: list[str] | None = None
         self.data_notes: list[str] = []
-        #: the most recently used sessions (each holds its model and ORT's memory)
+        #: the most recently used sessions (each holds its model and memory)
         self._runners: OrderedDict[tuple[str, str, str], OrtRunner] = OrderedDict()
         self._outputs: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
         self._range_sets: dict[str, Ranges] = {}
-        self._qdq_models: dict[tuple[str, str, bool], onnx.ModelProto] = {}
+        self._qdq_models: dict[tuple[str, str, str, bool], onnx.ModelProto] = {}
+        #: What each recipe command did, in the order applied (for the report).
+        self.recipe_log: list[RemedyRecord] = []
+        self.remedies: list[Remedy] = [
+            make_remedy(name, command, index) for index, name, command in config.remedy_steps
+        ]
+        if not any(r.command == "calibration" for r in self.remedies):
+            self.remedies.insert(0, make_remedy("calibration", CalibrationCommand(), -1))
+        for remedy in self.remedies:
+            remedy.validate(self.layers, self.target)  # before any expensive work
+        self._apply_float_stage()
+        #: Without transforms, cut or float edits, fp_optimized is native: computed once.
+        self.fp_is_native = (
+            not self.transforms
+            and not config.end_nodes
+            and not any(r.stage == "float" for r in self.recipe_log)
+        )
+        self._fingerprints = {"native": model_fingerprint(self.native_model)}
+        self._fingerprints["float"] = (
+            self._fingerprints["native"]
+            if self.fp_is_native
+            else model_fingerprint(self.float_model)
+        )
+        self._plan = self._apply_plan_stage()
+        #: the model that is quantized with the recipe's plan (bias correction), lazily
+        self._corrected: tuple[onnx.ModelProto, str] | None = None
+
+    def with_recipe(self, steps: Sequence[dict]) -> Engine:
+        """A sibling engine whose recipe has ``steps`` appended (recipe lines as mappings,
+        e.g. ``[{"equalization": {}}]``), to measure a remedy before recommending it. It
+        shares this engine's decoded images, splits and content-keyed caches, so whatever
+        both compute (the float outputs) is computed once."""
+        raw = self.config.model_dump(mode="json", exclude={"source"})
+        raw["recipe"] = raw["recipe"] + list(steps)
+        config = parse_config(raw).model_copy(update={"source": self.config.source})
+        sibling = Engine(config, self.progress, self.target, native_model=self.native_model)
+        sibling._decoded = self._decoded
+        sibling._splits = self._splits
+        sibling._class_names = self._class_names
+        sibling.data_notes = self.data_notes
+        sibling._outputs = self._outputs
+        sibling._runners = self._runners
+        sibling._qdq_models = self._qdq_models
+        return sibling
+
+    # --- the recipe ------------------------------------------------------------------------
+    def _stage(self, stage: str) -> list[Remedy]:
+        return [r for r in self.remedies if r.stage == stage]
+
+    def _record(self, remedy: Remedy, started: float, summary: dict) -> None:
+        self.recipe_log.append(
+            RemedyRecord(remedy.index, remedy.command, remedy.stage,
+                         time.perf_counter() - started, summary)
+        )
+
+    def _apply_float_stage(self) -> None:
+        """Float-equivalent model edits (equalization): they become fp_optimized."""
+        for remedy in self._stage("float"):
+            started = time.perf_counter()
+            edit = remedy.apply(RecipeBackend(self, None))
+            assert isinstance(edit, FloatModelEdit) and edit.float_equivalent
+            self.float_model = edit.model
+            self.layers = find_layers(self.float_model, self.target)
+            self._record(remedy, started, edit.summary)
+
+    def _apply_plan_stage(self) -> QuantPlan:
+        """Plan edits (per-layer precision, clipped weights), in recipe order."""
+        plan = QuantPlan(self.target)
+        for remedy in self._stage("plan"):
+            started = time.perf_counter()
+            edit = remedy.apply(RecipeBackend(self, None, plan))
+            assert isinstance(edit, PlanEdit)
+            plan = edit.plan
+            self._record(remedy, started, edit.summary)
+        return plan
+
+    def quantization_source(self, plan: QuantPlan) -> tuple[onnx.ModelProto, str]:
+        """The float model that a plan's QDQ model is built from, with its fingerprint: the
+        bias-corrected model for the recipe's plan when the recipe corrects biases, else
+        fp_optimized."""
+        corrections = self._stage("correction")
+        if not corrections or _plan_key(plan) != _plan_key(self._plan):
+            return self.float_model, self._fingerprints["float"]
+        if self._corrected is None:
+            model = self.float_model
+            ranges = self.ranges("calibration")
+            images = self.images("calibration")
+            for remedy in corrections:
+                started = time.perf_counter()
+                edit = remedy.apply(RecipeBackend(self, images, self._plan, ranges, model))
+                assert isinstance(edit, FloatModelEdit)
+                model = edit.model
+                self._record(remedy, started, edit.summary)
+            self._corrected = (model, model_fingerprint(model))
+        return self._corrected
 
     # --- data ------------------------------------------------------------------------------
     @property
@@ -225,19 +344,17 @@ class Engine:
 
     # --- quantization ----------------------------------------------------------------------
     def plan(self) -> QuantPlan:
-        """The recipe's quantization plan (target + per-layer precision)."""
-        plan = QuantPlan(self.target)
-        for command in self.config.precisions:
-            plan = plan.set_precision(command.layers, command.precision)
-        return plan
+        """The recipe's quantization plan (target, per-layer precision, clipped weights)."""
+        return self._plan
 
     def ranges(self, name: str = "calibration") -> Ranges:
-        """Activation ranges by name; ``calibration`` (the default) is calibrated lazily on the
-        calibration split with the float model, others come from :meth:`add_ranges`."""
+        """Activation ranges by name; ``calibration`` (the default) is the recipe's: calibrated
+        lazily on the calibration split with the float model, then clipped as the recipe
+        says; others come from :meth:`add_ranges`."""
         if name not in self._range_sets:
             if name != "calibration":
                 raise KeyError(f"no ranges named {name!r}; add them with add_ranges")
-            self._range_sets[name] = self.calibrate(self.images("calibration"))
+            self._range_sets[name] = self.calibrate(self.images("calibration"), record=True)
         return self._range_sets[name]
 
     def add_ranges(self, name: str, ranges: Ranges) -> None:
@@ -245,61 +362,76 @@ class Engine:
         contexts: ``engine.outputs("quantized", ranges="holdout")``. Re-registering a name
         drops what was built and computed with the old ranges."""
         if name in self._range_sets:
-            self._qdq_models = {k: v for k, v in self._qdq_models.items() if k[1] != name}
-            stale = f"|{name}"
-            for key in [k for k in self._runners if k[0].endswith(stale)]:
-                del self._runners[key]
-            self._outputs = {k: v for k, v in self._outputs.items() if not k[0].endswith(stale)}
+            # drop what was built and computed with the old ranges (memory)
+            stale = ranges_fingerprint(self._range_sets[name])
+            if stale != ranges_fingerprint(ranges):
+                self._qdq_models = {k: v for k, v in self._qdq_models.items() if k[2] != stale}
+                for key in [k for k in self._runners if k[0].endswith(stale)]:
+                    del self._runners[key]
+                self._outputs = {
+                    k: v for k, v in self._outputs.items() if not k[0].endswith(stale)
+                }
         self._range_sets[name] = ranges
 
     def has_split(self, name: str) -> bool:
         """Whether a split is registered (or built in and loadable)."""
         return name in self._splits or name in ("evaluation", "calibration")
 
-    def calibrate(self, images: ImageSet) -> Ranges:
-        """Activation ranges of every quantizable tensor over ``images`` (the recipe's
-        calibration method; any image set, e.g. held-out evaluation images)."""
+    def calibrate(self, images: ImageSet, record: bool = False) -> Ranges:
+        """Activation ranges of every quantizable tensor over ``images`` (any image set, e.g.
+        held-out evaluation images): the recipe's calibration method, then its range edits
+        (activation clipping) measured on the same images. ``record``: log what each command
+        did (the recipe's own calibration)."""
+        ranges: Ranges = {}
         cal = self.config.calibration
-        names = tensors_to_calibrate(self.float_model, self.layers)
         with self.progress.task(
-            f"calibrating ({cal.method}, {len(images)} images)", len(images)
+            f"calibrating ({cal.method}, {len(images)} images)", len(self._stage("calibration"))
+            + len(self._stage("ranges"))
         ) as advance:
-            if cal.method == "minmax":
-                batches = list(self.capture_minmax("fp_optimized", names, images, advance))
-                return calibrate(lambda: batches, names, "minmax")
-
-            def source() -> Iterator[dict[str, np.ndarray]]:
-                yield from self.capture("fp_optimized", names, images)
-
-            return calibrate(source, names, cal.method, cal.percentile)
+            for remedy in self._stage("calibration") + self._stage("ranges"):
+                started = time.perf_counter()
+                edit = remedy.apply(RecipeBackend(self, images, self._plan, ranges))
+                assert isinstance(edit, RangeEdit)
+                ranges = dict(edit.ranges) if edit.replace_all else {**ranges, **edit.ranges}
+                if record:
+                    self._record(remedy, started, edit.summary)
+                advance(1)
+        return ranges
 
     # --- models ----------------------------------------------------------------------------
+    def _ranges_key(self, name: str) -> str:
+        return ranges_fingerprint(self.ranges(name))
+
     def _model_key(self, context: str, plan: QuantPlan | None, ranges: str) -> str:
+        """A context's model by content: the float model's fingerprint, and for quantized
+        contexts that of the source model, the plan and the ranges."""
         if context == "native" or (context == "fp_optimized" and self.fp_is_native):
-            return "native"
+            return f"native:{self._fingerprints['native']}"
         if context == "fp_optimized":
-            return "fp_optimized"
+            return f"fp_optimized:{self._fingerprints['float']}"
         if context not in CONTEXTS:
             raise ValueError(f"unknown context {context!r}; known: {', '.join(CONTEXTS)}")
-        return f"{context}|{_plan_key(plan or self.plan())}|{ranges}"
+        plan = plan or self.plan()
+        _, source = self.quantization_source(plan)
+        return f"{context}|{source}|{_plan_key(plan)}|{self._ranges_key(ranges)}"
 
     def model(
         self, context: str, plan: QuantPlan | None = None, ranges: str = "calibration"
     ) -> onnx.ModelProto:
         """The ONNX model a context runs (the QDQ model for ``quantized`` and ``int8``)."""
-        key = self._model_key(context, plan, ranges)
-        if key == "native":
+        if context == "native" or (context == "fp_optimized" and self.fp_is_native):
             return self.native_model
-        if key == "fp_optimized":
+        if context == "fp_optimized":
             return self.float_model
+        self._model_key(context, plan, ranges)  # validates the context
         plan = plan or self.plan()
+        source, source_key = self.quantization_source(plan)
         # The integer-kernel variant differs only where tensors are not 8-bit.
         integer = context == "int8" and plan.uses_non_8bit()
-        key = (_plan_key(plan), ranges, integer)
+        key = (source_key, _plan_key(plan), self._ranges_key(ranges), integer)
         if key not in self._qdq_models:
             self._qdq_models[key] = build_qdq(
-                self.float_model, plan, self.ranges(ranges), self.layers,
-                for_integer_kernels=integer,
+                source, plan, self.ranges(ranges), self.layers, for_integer_kernels=integer,
             )
         return self._qdq_models[key]
 

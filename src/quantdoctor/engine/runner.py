@@ -7,27 +7,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
-from ..errors import ModelError
-
-_LEVELS = {
-    "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    "emulate": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
-
-ort.set_default_logger_severity(3)  # ORT's initializer-cleanup warnings are noise here
-
-
-def _threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+from .sessions import make_session
 
 
 class OrtRunner:
@@ -35,7 +20,7 @@ class OrtRunner:
 
     ``optimization="emulate"`` keeps QDQ nodes as they are (float emulation of quantization)
     while still using ONNX Runtime's fast float kernels; ``"all"`` lets ONNX Runtime fuse QDQ
-    into integer kernels."""
+    into integer kernels. Sessions come from :func:`~.sessions.make_session`."""
 
     def __init__(
         self,
@@ -62,32 +47,12 @@ class OrtRunner:
                     )
                     copy.graph.output.append(onnx.helper.make_empty_tensor_value_info(out))
             model = copy
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = _LEVELS[optimization]
-        if optimization == "emulate":
-            # Every optimization except the QDQ → integer-kernel fusion (about 1.7x faster
-            # than ORT_ENABLE_BASIC on EfficientNet-Lite0; same math up to float summation
-            # order).
-            opts.add_session_config_entry("session.disable_quant_qdq", "1")
-        opts.intra_op_num_threads = threads or _threads()
-        opts.inter_op_num_threads = 1
-        if extra_outputs:
-            # Captured tensors are large and leave the session: an arena sized for them would
-            # stay reserved for the session's life (measured: GBs over a Lite0 diagnose).
-            opts.enable_cpu_mem_arena = False
-        try:
-            # WeightBiasQuantization would quietly quantize float weights that sit between
-            # quantized activations (a layer left in float): measured 8.1 dB instead of 25 dB
-            # on Lite0 with activations-only quantization.
-            self.session = ort.InferenceSession(
-                model.SerializeToString(),
-                opts,
-                providers=["CPUExecutionProvider"],
-                disabled_optimizers=["WeightBiasQuantization"],
-            )
-        except Exception as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ModelError(f"ONNX Runtime cannot load the model: {first}") from None
+        self.session = make_session(
+            model,
+            emulate=optimization == "emulate",
+            arena=not extra_outputs,
+            threads=threads,
+        )
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         batch = inp.shape[0] if inp.shape else None

@@ -24,20 +24,22 @@ result up to float summation order.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from ..data import ImageSet
 from ..errors import ModelError
 from ..quant import LayerInfo, QuantPlan, Ranges, build_qdq
-from .engine import Engine
+from .sessions import make_session
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 #: Above this SNR (dB) a difference is float round-off: reported as this value.
 MAX_SNR_DB = 200.0
@@ -49,10 +51,6 @@ MEMORY_BUDGET = 1 << 30
 def literal(name: str) -> str:
     """An fnmatch pattern that matches ``name`` only (plans address layers by pattern)."""
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
-
-
-def _threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _subgraph_names(graph: onnx.GraphProto) -> set[str]:
@@ -273,21 +271,10 @@ class _Session:
     batch gets it (rows repeated, then cut), as :class:`OrtRunner` does for whole models."""
 
     def __init__(self, model: onnx.ModelProto, emulate: bool, fixed_batch: int | None) -> None:
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if emulate:
-            opts.add_session_config_entry("session.disable_quant_qdq", "1")
         # Many small sessions take turns: idle worker threads must not spin.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.intra_op_num_threads = _threads()
-        opts.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(
-                model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-            )
-        except Exception as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ModelError(f"ONNX Runtime cannot load a part of the model: {first}") from None
+        self.session = make_session(
+            model, emulate=emulate, spinning=False, what="a part of the model"
+        )
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.fixed_batch = fixed_batch

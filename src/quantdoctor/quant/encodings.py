@@ -28,8 +28,16 @@ def activation_params(lo: float, hi: float, scheme: QuantScheme) -> tuple[np.flo
     return np.float32(scale), int(zp)
 
 
-def weight_params(w: np.ndarray, scheme: QuantScheme, axis: int | None) -> np.ndarray:
-    """Symmetric weight scales, one per output channel along ``axis`` (or a scalar)."""
+def weight_params(
+    w: np.ndarray,
+    scheme: QuantScheme,
+    axis: int | None,
+    clip: tuple[float, ...] | None = None,
+) -> np.ndarray:
+    """Symmetric weight scales, one per output channel along ``axis`` (or a scalar).
+
+    ``clip`` (weights_clipping) caps the range: one max |w| for the tensor, or one per
+    channel; a channel's range never grows beyond its own max |w|."""
     if not scheme.symmetric:
         raise ValueError("weights are quantized symmetrically")
     a = np.abs(w.astype(np.float64))
@@ -37,6 +45,13 @@ def weight_params(w: np.ndarray, scheme: QuantScheme, axis: int | None) -> np.nd
         amax = np.asarray(a.max() if a.size else 0.0)
     else:
         amax = np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1).max(axis=1)
+    if clip is not None:
+        cap = np.asarray(clip, dtype=np.float64)
+        if axis is None and cap.size > 1:
+            cap = np.asarray(cap.max())  # a per-channel clip on a per-tensor scheme
+        elif axis is not None and cap.size == 1:
+            cap = np.full(amax.shape, float(cap.reshape(-1)[0]))
+        amax = np.minimum(amax, cap.reshape(amax.shape))
     scale = amax / scheme.qmax
     return np.where(scale > 0, scale, 1.0).astype(np.float32)
 

@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper, version_converter
 from ..errors import ModelError
 from .calibration import Ranges
 from .encodings import activation_params, quantize, weight_params
-from .plan import PASSTHROUGH_OPS, LayerInfo, QuantPlan, find_layers
+from .plan import PASSTHROUGH_OPS, LayerInfo, QuantPlan, find_layers, weight_axis
 from .target import QuantScheme
 
 FLOAT_SUFFIX = "__float"
@@ -53,19 +53,6 @@ def _ensure_opset(model: onnx.ModelProto, minimum: int = 13) -> onnx.ModelProto:
             f"the automatic conversion failed ({err}); re-export the model with opset >= "
             f"{minimum}"
         ) from None
-
-
-def _weight_axis(node: onnx.NodeProto, ndim: int) -> int | None:
-    if node.op_type == "Conv":
-        return 0
-    if node.op_type == "ConvTranspose":
-        return 1
-    if node.op_type == "Gemm":
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        return 0 if trans_b else 1
-    if node.op_type == "MatMul":
-        return ndim - 1
-    return None
 
 
 class _Builder:
@@ -155,11 +142,13 @@ class _Builder:
         init = next(i for i in self.new_inits if i.name == name)
         return int(numpy_helper.to_array(init).reshape(-1)[0])
 
-    def quantize_weight(self, node: onnx.NodeProto, scheme: QuantScheme) -> None:
+    def quantize_weight(
+        self, node: onnx.NodeProto, scheme: QuantScheme, clip: tuple[float, ...] | None = None
+    ) -> None:
         name = node.input[1]
         w = numpy_helper.to_array(self.inits[name]).astype(np.float32)
-        axis = _weight_axis(node, w.ndim) if scheme.per_channel else None
-        scales = weight_params(w, scheme, axis)
+        axis = weight_axis(node, w.ndim) if scheme.per_channel else None
+        scales = weight_params(w, scheme, axis, clip)
         qw = quantize(w, scales, 0, scheme.qmin, scheme.qmax, axis)
         base = f"{node.name}__{name}"
         if scheme.bits != 8 and self.float_arithmetic_beyond_8bit:
@@ -259,7 +248,7 @@ class _Builder:
             if layer is not None:
                 wscheme = self.plan.weight_scheme(layer)
                 if wscheme is not None:
-                    self.quantize_weight(node, wscheme)
+                    self.quantize_weight(node, wscheme, self.plan.weight_range(layer))
             nodes.append(node)
             for k, out in enumerate(node.output):
                 if out in by_output:

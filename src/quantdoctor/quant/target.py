@@ -66,6 +66,9 @@ class Target:
     fused_activations: tuple[str, ...] = ("Relu", "Clip")
     description: str = ""
     bias_bits: int = 32
+    #: Whether the hardware can quantize weights per channel at all (a remedy that switches
+    #: it on is offered only where it can).
+    allows_per_channel_weights: bool = True
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -91,6 +94,7 @@ PROFILES: dict[str, Target] = {
             "Hailo-8 approximation: uint8 asymmetric per-tensor activations, int8 symmetric "
             "per-tensor weights, optional a16_w16 / a8_w4 layers; not bit-exact"
         ),
+        allows_per_channel_weights=False,
     ),
     "int8": Target(
         name="int8",
@@ -116,8 +120,11 @@ def _override(scheme: QuantScheme, o: SchemeOverride | None, where: str) -> Quan
 
 def resolve_target(cfg: TargetConfig) -> Target:
     base = PROFILES[cfg.profile]
+    weights = _override(base.weights, cfg.weights, "weights")
     return replace(
         base,
         activations=_override(base.activations, cfg.activations, "activations"),
-        weights=_override(base.weights, cfg.weights, "weights"),
+        weights=weights,
+        # asking for per-channel weights says the hardware has them
+        allows_per_channel_weights=base.allows_per_channel_weights or weights.per_channel,
     )

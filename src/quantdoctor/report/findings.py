@@ -106,6 +106,9 @@ class Report:
     evidence: dict[str, Any] = field(default_factory=dict)
     #: Empty, or why the quantized results must not be read as a quantization verdict.
     reliability: str = ""
+    #: The recipe that produced the quantized model: the commands as configured and what
+    #: each one did when applied (stage, seconds, summary).
+    recipe: dict[str, Any] = field(default_factory=dict)
 
     def ranked(self) -> list[Finding]:
         """Most important first: by severity, causes before the symptom (the drop itself),
@@ -137,6 +140,7 @@ class Report:
                 "setup": self.setup,
                 "reliability": self.reliability or "ok",
                 "evidence": self.evidence,
+                "recipe": self.recipe,
             }
         )
 

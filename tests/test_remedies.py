@@ -284,3 +284,39 @@ def test_every_recipe_line_of_a_finding_runs(engine_with, digits_config) -> None
             assert report.contexts["int8"].n > 0, finding.id
     # the findings whose remedies are recipe commands did fire here
     assert {"layers.wide_range", "layers.weight_range_imbalance"} <= set(seen), seen
+
+
+def paste(config: dict, lines: list[str]) -> dict:
+    """A finding's recipe lines pasted into a config (as a user would): recipe commands under
+    ``recipe:``, config keys (``preprocess: {…}``, ``target: {…}``) merged into the config."""
+    out = {**config, "recipe": list(config.get("recipe", []))}
+    for line in lines:
+        parsed = yaml.safe_load(line.strip().removeprefix("- "))
+        assert isinstance(parsed, dict) and len(parsed) == 1, line
+        key, value = next(iter(parsed.items()))
+        if key in REMEDIES or key in ("normalization", "input_conversion"):
+            out["recipe"].append(parsed)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            merged = {**out[key], **value}
+            out[key] = {k: v for k, v in merged.items() if v is not None}
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.mark.parametrize("mistake", ["double_normalization", "single_calibration_image", "none"])
+def test_every_recipe_line_of_a_diagnosis_runs(tmp_path: Path, mistake: str) -> None:
+    from quantdoctor.demo import prepare_demo
+
+    path = prepare_demo(tmp_path / "demo", mistake)
+    report = quantdoctor.diagnose(quantdoctor.load_config(path), write=False)
+    lines = [line for f in report.findings for line in f.recipe]
+    if mistake != "none":
+        assert lines, [f.id for f in report.findings]
+    raw = yaml.safe_load(path.read_text())
+    fixed = tmp_path / "demo" / "fixed.yaml"
+    fixed.write_text(yaml.safe_dump(paste(raw, lines), sort_keys=False))
+    after = quantdoctor.evaluate(quantdoctor.load_config(fixed), write=False)
+    assert after.contexts["int8"].n > 0
+    if mistake == "double_normalization":  # pasting the remedy fixes the pipeline
+        assert after.contexts["native"].value > report.contexts["native"].value + 50

@@ -243,6 +243,12 @@ class _Builder:
                         node.input[k] = renames[i]
             self.params.update({src: self.params[dst] for src, dst in renames.items()})
 
+        # A per-channel ReLU6 (Relu -> Min(bound), written by equalization): its Relu output is
+        # quantized with the layer's output range too. Exact (the Min of grid values and a
+        # bound rounds to what the Min of the values rounds to, and both clamp at the range
+        # top), and it lets ONNX Runtime fuse Conv+Relu+Q into an integer kernel.
+        relu_before_min = self._relu_before_min(layers)
+
         for node in list(g.node):
             layer = by_node.get(node.name)
             if layer is not None:
@@ -251,6 +257,14 @@ class _Builder:
                     self.quantize_weight(node, wscheme, self.plan.weight_range(layer))
             nodes.append(node)
             for k, out in enumerate(node.output):
+                if out in relu_before_min:
+                    owner = relu_before_min[out]
+                    scheme = self.plan.activation_scheme(owner, owner.output)
+                    if scheme is not None and owner.output in self.ranges:
+                        self.ranges = {**self.ranges, out: self.ranges[owner.output]}
+                        node.output[k] = out + FLOAT_SUFFIX
+                        nodes.extend(self.qdq_pair(out, out + FLOAT_SUFFIX, out, scheme))
+                    continue
                 if out in by_output:
                     scheme = self.plan.activation_scheme(by_output[out], out)
                     if scheme is None or out not in self.ranges:
@@ -279,6 +293,19 @@ class _Builder:
         if self.uses_ms and not any(o.domain == _MS for o in self.model.opset_import):
             self.model.opset_import.append(helper.make_opsetid(_MS, 1))
         return self.model
+
+    def _relu_before_min(self, layers: list[LayerInfo]) -> dict[str, LayerInfo]:
+        """The Relu output inside each ``Relu+Min`` layer → that layer."""
+        if not any(layer.fused_activation == "Relu+Min" for layer in layers):
+            return {}
+        producer = {o: n for n in self.model.graph.node for o in n.output}
+        out: dict[str, LayerInfo] = {}
+        for layer in layers:
+            if layer.fused_activation == "Relu+Min":
+                node = producer.get(layer.output)
+                if node is not None and node.op_type == "Min":
+                    out[node.input[0]] = layer
+        return out
 
     def _pad_is_zero(self, node: onnx.NodeProto) -> bool:
         mode = next((a.s for a in node.attribute if a.name == "mode"), b"constant")

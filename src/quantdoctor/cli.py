@@ -225,6 +225,56 @@ def init(
 
 
 @app.command()
+def export(
+    config: ConfigArg,
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o",
+            help="The QDQ model to write, e.g. model.qdq.onnx; model.encodings.json and "
+            "model.recipe.yaml go beside it.",
+        ),
+    ],
+    target: TargetOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
+    debug: Annotated[bool, DEBUG] = False,
+) -> None:
+    """Write the QDQ model that the int8 context runs (checked with onnx.checker), its
+    encodings (scale, zero point, bits per quantized tensor) and the recipe.
+
+    quantdoctor export doctor.yaml -o model.qdq.onnx
+    """
+    from .commands.export import export_model
+    from .config import load_config
+    from .report.console import RichProgress
+
+    try:
+        result = export_model(
+            load_config(config), output, force, target=target, progress=RichProgress(err)
+        )
+    except QuantdoctorError as e:
+        _fail(e, debug)  # checked before any work: nothing was written
+        return
+    except KeyboardInterrupt:
+        err.print("interrupted; nothing was written")
+        raise typer.Exit(130) from None
+    plural = {"activation": "activations", "weight": "weights", "bias": "biases"}
+    kinds = ", ".join(
+        f"{n} {k if n == 1 else plural.get(k, k)}" for k, n in result.by_kind.items()
+    )
+    bits = ", ".join(f"{n} at {b} bits" for b, n in result.by_bits.items())
+    for line in (
+        f"wrote {result.model}  (the QDQ model of the int8 context; onnx.checker passed)",
+        f"wrote {result.encodings}  ({result.tensors} quantized tensors: {kinds}; {bits})",
+        f"wrote {result.recipe}  (the recipe and target {result.target})",
+        *(f"note: {n}" for n in result.notes),
+        f"target: {result.target}; verify with `quantdoctor evaluate {config}` (its int8 "
+        "context runs this same model)",
+    ):
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
 def demo(
     folder: Annotated[
         Path, typer.Option("--dir", help="Where the demo's model, images, config and report go.")

@@ -148,7 +148,7 @@ class _Builder:
         name = node.input[1]
         w = numpy_helper.to_array(self.inits[name]).astype(np.float32)
         axis = weight_axis(node, w.ndim) if scheme.per_channel else None
-        scales = weight_params(w, scheme, axis, clip)
+        scales = self._bias_safe(node, weight_params(w, scheme, axis, clip), scheme)
         qw = quantize(w, scales, 0, scheme.qmin, scheme.qmax, axis)
         base = f"{node.name}__{name}"
         if scheme.bits != 8 and self.float_arithmetic_beyond_8bit:
@@ -179,6 +179,28 @@ class _Builder:
         )
         node.input[1] = out
         self._quantize_bias(node, scales, scheme, axis)
+
+    def _bias_safe(
+        self, node: onnx.NodeProto, scales: np.ndarray, scheme: QuantScheme
+    ) -> np.ndarray:
+        """Weight scales raised where the int32 bias (scale = input scale x weight scale)
+        would overflow: near-dead channels with a bias (as ONNX Runtime's quantizer does).
+        Otherwise such a bias stays float, and a plain ONNX Runtime session quantizes it
+        itself: the exported model would then not compute what the int8 context computed."""
+        if len(node.input) < 3 or node.input[2] not in self.inits or scheme.bits != 8:
+            return scales
+        src = self.params.get(node.input[0])
+        if src is None or src[2].bits != 8:
+            return scales
+        b = np.abs(numpy_helper.to_array(self.inits[node.input[2]]).astype(np.float64))
+        if b.ndim != 1 or (scales.size not in (1, b.size)):
+            return scales
+        # headroom below 2**31 - 1 for the rounding of the bias
+        need = b / (src[3] * float(2**31 - 2**8))
+        if scales.ndim == 0 or need.size != scales.size:  # one scale for every channel
+            need = np.asarray(need.max(initial=0.0))
+        raised = np.maximum(scales.astype(np.float64), need.reshape(scales.shape))
+        return raised.astype(np.float32) if (raised > scales).any() else scales
 
     def _quantize_bias(
         self, node: onnx.NodeProto, w_scales: np.ndarray, scheme: QuantScheme, axis: int | None

@@ -231,6 +231,24 @@ def diagnose(
     (suspect 2), the three-way test (suspect 3), the layers (suspect 4). findings.json is
     written after each step; when step 1 finds an error the quantized results are marked
     unreliable. ``skip`` leaves out steps by name ("calibration", "layers")."""
+    return diagnose_run(
+        config, progress=progress, max_drop=max_drop, target=target, report_dir=report_dir,
+        write=write, skip=skip,
+    ).report
+
+
+def diagnose_run(
+    config: DoctorConfig,
+    *,
+    progress: Progress | None = None,
+    max_drop: float | None = None,
+    target: str | None = None,
+    report_dir: Path | None = None,
+    write: bool = True,
+    skip: Collection[str] = (),
+) -> _Run:
+    """:func:`diagnose`, returning the run (its engine keeps the decoded images and the
+    outputs computed, for commands that go on from the diagnosis, such as ``fix``)."""
     run = _Run(config, progress, target, report_dir, write)
     run.conclude = _conclude
     report = run.report
@@ -255,4 +273,4 @@ def diagnose(
     run.step("evaluation", lambda: run.three_way(max_drop))
     if "layers" not in skip:
         run.step("layers", lambda: _layers(run, max_drop))
-    return report
+    return run

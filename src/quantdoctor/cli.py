@@ -275,6 +275,83 @@ def export(
 
 
 @app.command()
+def fix(
+    config: ConfigArg,
+    max_drop: MaxDrop = None,
+    max_evaluations: Annotated[
+        int, typer.Option(help="Candidate remedies to evaluate at most (on the search images).")
+    ] = 12,
+    max_16bit_macs: Annotated[
+        float,
+        typer.Option("--max-16bit-macs", help="Largest fraction of MACs allowed at 16 bits."),
+    ] = 1.0,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="The fixed config (default: <config>.fixed.yaml)."),
+    ] = None,
+    export: Annotated[
+        Path | None,
+        typer.Option(help="Also export the fixed recipe's QDQ model here (as `export` does)."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
+    calibrate_from_evaluation: Annotated[
+        bool,
+        typer.Option(help="Allow re-calibrating on (search) evaluation images when the "
+                     "calibration set is the problem."),
+    ] = False,
+    report_dir: ReportDir = None,
+    debug: Annotated[bool, DEBUG] = False,
+) -> None:
+    """Diagnose, then try the remedies of the causes found, cheapest and most promising
+    first, until the quantized model is within the budget; confirm on held-out images.
+
+    Exit codes: 0 budget met on the held-out images, 1 not met (the best recipe is still
+    written), 2 bad input, 3 the float pipeline is wrong (nothing tuned).
+
+    quantdoctor fix doctor.yaml --max-drop 0.5 -o doctor.fixed.yaml
+    """
+    from .commands.export import check_outputs, sidecar_paths
+    from .commands.fix import check_budget
+    from .commands.fix import fix as run_fix
+    from .config import load_config
+    from .report.console import RichProgress, print_fix
+
+    folder = report_dir
+    started = time.time()
+    try:
+        cfg = load_config(config)
+        folder = report_dir or cfg.report.dir
+        check_budget(cfg.max_drop if max_drop is None else max_drop, max_16bit_macs,
+                     max_evaluations)
+        target = output or config.with_name(config.stem + ".fixed.yaml")
+        # before minutes of work, not after
+        check_outputs([target], force, protected=[config, cfg.model])
+        if export is not None:
+            check_outputs([export, *sidecar_paths(export)], force, protected=[config, cfg.model])
+        result, _ = run_fix(
+            cfg, max_drop=max_drop, max_evaluations=max_evaluations,
+            max_16bit_macs=max_16bit_macs, output=target, export=export, force=force,
+            calibrate_from_evaluation=calibrate_from_evaluation, progress=RichProgress(err),
+            report_dir=report_dir,
+        )
+    except QuantdoctorError as e:
+        _fail(e, debug, _partial_note(folder, started))
+        return
+    except KeyboardInterrupt:
+        err.print(f"interrupted. {_partial_note(folder, started)}", markup=False)
+        raise typer.Exit(130) from None
+    print_fix(result.to_dict(), out)
+    if result.fixed_config:
+        out.print(f"wrote {result.fixed_config}", markup=False, highlight=False, soft_wrap=True)
+    if result.exported:
+        out.print(f"exported {result.exported.get('model')}", markup=False, soft_wrap=True)
+    assert folder is not None
+    out.print(f"report: {folder / 'index.html'}  (findings: {folder / 'findings.json'})",
+              markup=False, soft_wrap=True)
+    raise typer.Exit({"met": 0, "not_met": 1, "pipeline": 3}.get(result.status, 1))
+
+
+@app.command()
 def demo(
     folder: Annotated[
         Path, typer.Option("--dir", help="Where the demo's model, images, config and report go.")

@@ -87,6 +87,13 @@ def model_fingerprint(model: onnx.ModelProto) -> str:
     return hashlib.sha1(model.SerializeToString(deterministic=True)).hexdigest()[:16]
 
 
+def _images_key(split: str, images: ImageSet) -> str:
+    """A split by content (its files), so that engines sharing caches never mix up two
+    image sets registered under one name."""
+    digest = hashlib.sha1("\n".join(map(str, images.paths)).encode()).hexdigest()[:12]
+    return f"{split}:{digest}"
+
+
 def ranges_fingerprint(ranges: Ranges) -> str:
     return hashlib.sha1(repr(sorted(ranges.items())).encode()).hexdigest()[:16]
 
@@ -181,14 +188,19 @@ class Engine:
         raw["recipe"] = raw["recipe"] + list(steps)
         config = parse_config(raw).model_copy(update={"source": self.config.source})
         sibling = Engine(config, self.progress, self.target, native_model=self.native_model)
-        sibling._decoded = self._decoded
-        sibling._splits = self._splits
-        sibling._class_names = self._class_names
-        sibling.data_notes = self.data_notes
-        sibling._outputs = self._outputs
-        sibling._runners = self._runners
-        sibling._qdq_models = self._qdq_models
+        self.share_caches(sibling)
         return sibling
+
+    def share_caches(self, other: Engine) -> None:
+        """Let ``other`` (same model, data and preprocessing) use this engine's decoded
+        images, splits and content-keyed caches of models, sessions and outputs."""
+        other._decoded = self._decoded
+        other._splits = self._splits
+        other._class_names = self._class_names
+        other.data_notes = self.data_notes
+        other._outputs = self._outputs
+        other._runners = self._runners
+        other._qdq_models = self._qdq_models
 
     # --- the recipe ------------------------------------------------------------------------
     def _stage(self, stage: str) -> list[Remedy]:
@@ -365,12 +377,13 @@ class Engine:
             # drop what was built and computed with the old ranges (memory)
             stale = ranges_fingerprint(self._range_sets[name])
             if stale != ranges_fingerprint(ranges):
-                self._qdq_models = {k: v for k, v in self._qdq_models.items() if k[2] != stale}
+                # in place: sibling engines share these caches
+                for key in [k for k in self._qdq_models if k[2] == stale]:
+                    del self._qdq_models[key]
                 for key in [k for k in self._runners if k[0].endswith(stale)]:
                     del self._runners[key]
-                self._outputs = {
-                    k: v for k, v in self._outputs.items() if not k[0].endswith(stale)
-                }
+                for key in [k for k in self._outputs if k[0].endswith(stale)]:
+                    del self._outputs[key]
         self._range_sets[name] = ranges
 
     def has_split(self, name: str) -> bool:
@@ -471,9 +484,9 @@ class Engine:
         ``plan`` changes what is quantized (default: the recipe's plan); ``ranges`` names the
         activation ranges to use (default: calibrated on the calibration split); ``variant``
         changes what the host feeds (pipeline hypotheses)."""
-        key = (self._model_key(context, plan, ranges), split, variant.name)
+        images = self.images(split)
+        key = (self._model_key(context, plan, ranges), _images_key(split, images), variant.name)
         if key not in self._outputs:
-            images = self.images(split)
             runner = self._runner(context, plan, ranges)
             parts: list[dict[str, np.ndarray]] = []
             what = "" if variant is DECLARED else f" ({variant.name})"

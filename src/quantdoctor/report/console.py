@@ -149,3 +149,49 @@ def print_summary(report: Report, console: Console) -> None:
             console.print(f"[bold]Measured drop:[/bold] {f.title}")
     if top is not None and top.recommendation:
         console.print(f"[bold]Remedy:[/bold] {top.recommendation}")
+
+
+def print_fix(fix: dict, console: Console) -> None:
+    """``quantdoctor fix``: the steps table and the confirmed result."""
+    if fix.get("status") == "pipeline":
+        console.print(fix.get("message", ""), markup=False, highlight=False, soft_wrap=True)
+        return
+    metric = fix.get("metric", "")
+    table = Table(title=f"fix: steps on {fix.get('search_images')} search images "
+                        f"(native {fix.get('native_search', 0):.2f}, as given "
+                        f"{fix.get('baseline_search', 0):.2f}, budget {fix.get('max_drop')})")
+    for col in ("step", "remedy", metric, "Δ vs previous [95% CI]", "p", "s", "16-bit MACs",
+                "accepted"):
+        table.add_column(col, justify="left" if col in ("remedy", "accepted") else "right")
+    for s in fix.get("steps", []):
+        table.add_row(
+            str(s["index"]), s["remedy"], _fmt(s["value"], metric),
+            f"{s['delta']:+.2f} [{s['delta_ci95'][0]:+.2f}, {s['delta_ci95'][1]:+.2f}]",
+            f"{s['p_value']:.2g}", f"{s['seconds']:.1f}", f"{100 * s['macs_16bit']:.1f}%",
+            ("yes: " if s["accepted"] else "no: ") + s["reason"],
+            style="green" if s["accepted"] else None,
+        )
+    if fix.get("steps"):  # a wide table: not squeezed into 80 columns when piped
+        Console(file=console.file, width=max(console.width, 150),
+                force_terminal=console.is_terminal).print(table)
+    for k in fix.get("skipped", []):
+        console.print(f"not tried: {k['remedy']} ({k['reason']})", markup=False)
+    c = fix.get("confirmed")
+    if c:
+        style = "green" if fix.get("status") == "met" else "bold red"
+        console.print(
+            f"[{style}]confirmed on {c['n']} held-out images: {metric} {c['value']:.2f} "
+            f"({c['ci95'][0]:.2f} … {c['ci95'][1]:.2f}), native {c['native']:.2f}, drop "
+            f"{c['drop']:.2f} (95% CI {c['drop_ci95'][0]:.2f} … {c['drop_ci95'][1]:.2f}); "
+            f"budget {fix.get('max_drop')}: {'met' if fix.get('status') == 'met' else 'NOT met'}"
+            f"[/{style}]",
+            highlight=False, soft_wrap=True,
+        )
+    if fix.get("message"):
+        console.print(fix["message"], markup=False, highlight=False, soft_wrap=True)
+    if fix.get("recipe"):
+        console.print("recipe added: " + "; ".join(fix["recipe"]), markup=False,
+                      highlight=False, soft_wrap=True)
+    console.print(
+        f"{100 * fix.get('macs_16bit', 0):.1f}% of MACs at 16 bits, {fix.get('evaluations')} "
+        f"evaluations, {fix.get('seconds', 0):.0f} s", markup=False, highlight=False)

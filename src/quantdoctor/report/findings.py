@@ -109,6 +109,8 @@ class Report:
     #: The recipe that produced the quantized model: the commands as configured and what
     #: each one did when applied (stage, seconds, summary).
     recipe: dict[str, Any] = field(default_factory=dict)
+    #: ``quantdoctor fix``: the steps tried, the confirmed result, the recipe (empty: no fix).
+    fix: dict[str, Any] = field(default_factory=dict)
 
     def ranked(self) -> list[Finding]:
         """Most important first: by severity, causes before the symptom (the drop itself),
@@ -141,6 +143,7 @@ class Report:
                 "reliability": self.reliability or "ok",
                 "evidence": self.evidence,
                 "recipe": self.recipe,
+                **({"fix": self.fix} if self.fix else {}),
             }
         )
 

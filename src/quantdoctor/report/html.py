@@ -64,6 +64,8 @@ def render_html(data: dict[str, Any]) -> str:
         checklist=checklist(data),
         findings=_anchored([_finding_view(f, data) for f in findings]),
         contexts_svg=_plot(plots.context_bars, data.get("contexts")),
+        fix_svg=_plot(plots.fix_steps, data.get("fix")) if data.get("fix", {}).get("steps")
+        is not None else "",
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     )
 

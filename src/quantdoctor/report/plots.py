@@ -93,6 +93,41 @@ def context_bars(contexts: dict[str, dict[str, Any]]) -> str:
 
 
 @_with_rc
+def fix_steps(fix: dict[str, Any]) -> str:
+    """``fix``: the metric after each step on the search images (accepted steps joined,
+    rejected ones as crosses), the float reference and the budget line, and the confirmed
+    result on the held-out images."""
+    steps = fix.get("steps") or []
+    native, budget = fix.get("native_search"), fix.get("max_drop", 0.0)
+    fig = _figure(6.4, 2.6)
+    ax = fig.add_subplot()
+    x = [0]
+    current = [fix.get("baseline_search")]
+    for s in steps:
+        ax.plot([s["index"]], [s["value"]], marker="o" if s["accepted"] else "x",
+                color=_GREEN if s["accepted"] else _RED, ls="none")
+        if s["accepted"]:
+            x.append(s["index"])
+            current.append(s["value"])
+    ax.plot(x, current, color=_BLUE, marker="o", label="recipe so far (search images)")
+    if native is not None:
+        ax.axhline(native, color=_GREY, ls="--", lw=1, label=f"native {native:.2f}")
+        ax.axhline(native - budget, color=_ORANGE, ls=":", lw=1,
+                   label=f"budget (native − {budget:g})")
+    conf = fix.get("confirmed")
+    if conf:
+        end = (steps[-1]["index"] if steps else 0) + 0.6
+        ax.errorbar([end], [conf["value"]], yerr=[[conf["value"] - conf["ci95"][0]],
+                    [conf["ci95"][1] - conf["value"]]], fmt="s", color="black", capsize=3,
+                    label=f"confirmed {conf['value']:.2f} (held-out)")
+    ax.set_xticks(range(0, (steps[-1]["index"] if steps else 0) + 1))
+    ax.set_xlabel("step (0: the recipe as given)")
+    ax.set_ylabel(f"{fix.get('metric', '')} (%)")
+    ax.legend(fontsize=7, loc="lower right")
+    return _svg(fig)
+
+
+@_with_rc
 def hypothesis_bars(hypotheses: Sequence[dict[str, Any]]) -> str:
     """The declared preprocessing against the alternatives scored on labelled images."""
     names = [str(h["variant"]) for h in hypotheses]

@@ -7,6 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import quantdoctor
@@ -109,3 +110,30 @@ def test_yolox_nano_map50(tmp_path: Path) -> None:
 
     _, native = score_context(Engine(cfg), make_task(cfg), "native")
     assert 47.0 < native.value < 52.0  # README: ≈ 0.50
+
+
+def test_efficientnet_lite0_hailo8_equalization_and_bias_correction(
+    lite0: Path, tmp_path: Path
+) -> None:
+    """Per-tensor weights (hailo8), 300 images: equalization keeps the float function and
+    recovers most of the drop; bias correction on top of it does not lose it again."""
+    from quantdoctor.checks.evaluation import compare, score_context
+    from quantdoctor.engine import Engine
+    from quantdoctor.tasks import make_task
+
+    cfg = _config("efficientnet_lite0.yaml", lite0, tmp_path)
+    ev = cfg.data.evaluation.model_copy(update={"limit": 300})
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"evaluation": ev})})
+    task = make_task(cfg)
+    base = Engine(cfg)
+    eq = base.with_recipe([{"equalization": {}}])
+    native = eq.outputs("native")["logits"].astype("float64")
+    fp = eq.outputs("fp_optimized")["logits"]
+    snr = 10 * np.log10((native**2).sum() / ((fp - native) ** 2).sum())
+    assert snr > 60 and (native.argmax(1) == fp.argmax(1)).all()
+    before, _ = score_context(base, task, "int8")
+    after, _ = score_context(eq, task, "int8")
+    gain = compare("minmax", before, "equalization", after)
+    assert gain["difference"] > 3 and gain["p_value"] < 0.01
+    both, _ = score_context(eq.with_recipe([{"bias_correction": {}}]), task, "int8")
+    assert both.value >= after.value - 1.0

@@ -389,7 +389,11 @@ def fixed_config_text(config: DoctorConfig, result: FixResult, output: Path) -> 
     if source is None or output.resolve().parent != source.parent:
         resolved = config.model_dump(mode="json", exclude={"source"})
         raw["model"] = resolved["model"]
-        raw["data"] = {k: v for k, v in resolved["data"].items() if v is not None}
+        raw["data"] = {
+            k: {kk: vv for kk, vv in v.items() if vv is not None}
+            for k, v in resolved["data"].items()
+            if v is not None
+        }
         raw["report"] = resolved["report"]
         for key in ("native_postprocess", "postprocess"):
             if key in raw and isinstance(resolved.get(key), dict) and raw[key].get("function"):

@@ -29,10 +29,11 @@ def correctable(layer: LayerInfo) -> bool:
     return layer.weight is not None and layer.op_type in CORRECTABLE_OPS
 
 
-def channel_mean(x: np.ndarray, op_type: str) -> np.ndarray:
-    """Mean per output channel (axis 1 of Conv/Gemm outputs) over every other axis."""
+def channel_sum(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """Sum per output channel (axis 1 of Conv/Gemm outputs) over every other axis, and how
+    many values each channel summed."""
     axes = tuple(a for a in range(x.ndim) if a != 1)
-    return x.astype(np.float64).mean(axis=axes)
+    return x.astype(np.float64).sum(axis=axes), x.size // x.shape[1]
 
 
 def with_bias_deltas(model: onnx.ModelProto, deltas: dict[str, np.ndarray]) -> onnx.ModelProto:
@@ -112,8 +113,7 @@ class BiasCorrection(Remedy):
         counts: dict[str, int] = {}
         for batch in backend.float_tensors(list(dict.fromkeys(names.values()))):
             for layer in layers:
-                x = batch[names[layer.name]]
-                m = channel_mean(x, layer.op_type) * (x.size / x.shape[1])
-                sums[layer.name] = sums.get(layer.name, 0) + m
-                counts[layer.name] = counts.get(layer.name, 0) + x.size // x.shape[1]
+                total, count = channel_sum(batch[names[layer.name]])
+                sums[layer.name] = sums.get(layer.name, 0) + total
+                counts[layer.name] = counts.get(layer.name, 0) + count
         return {k: sums[k] / counts[k] for k in sums}

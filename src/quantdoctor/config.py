@@ -258,13 +258,15 @@ class EqualizationCommand(_Strict):
     layers: list[str] | None = None
 
 
+def _none_is_empty(value: Any) -> Any:
+    """``equalization:`` with nothing after it means the defaults (``{}``)."""
+    return {} if value is None else value
+
+
 class EqualizationStep(_Strict):
     equalization: EqualizationCommand = EqualizationCommand()
 
-    @field_validator("equalization", mode="before")
-    @classmethod
-    def _empty(cls, value: Any) -> Any:
-        return {} if value is None else value
+    _empty = field_validator("equalization", mode="before")(_none_is_empty)
 
 
 class BiasCorrectionCommand(_Strict):
@@ -277,10 +279,7 @@ class BiasCorrectionCommand(_Strict):
 class BiasCorrectionStep(_Strict):
     bias_correction: BiasCorrectionCommand = BiasCorrectionCommand()
 
-    @field_validator("bias_correction", mode="before")
-    @classmethod
-    def _empty(cls, value: Any) -> Any:
-        return {} if value is None else value
+    _empty = field_validator("bias_correction", mode="before")(_none_is_empty)
 
 
 #: Recipe commands of DESIGN §2 that later versions implement; accepted by the

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from ..data import ImageSet
-from ..quant import LayerInfo, QuantPlan, Ranges, Target, build_qdq
+from ..quant import LayerInfo, QuantPlan, Ranges, Target, build_qdq, calibrate
 from ..quant.qdq import FLOAT_SUFFIX, tensors_to_calibrate
 from ..quant.remedies.base import LayerCallback
 from ..quant.remedies.bias_correction import with_bias_deltas
@@ -108,15 +108,11 @@ class RecipeBackend:
         return {n: int(first[n].nbytes) * len(images) for n in names}
 
     def float_minmax(self, names: Sequence[str]) -> Ranges:
-        lo = dict.fromkeys(names, np.inf)
-        hi = dict.fromkeys(names, -np.inf)
-        for batch in self.engine.capture_minmax("fp_optimized", list(names), self._images()):
-            for n in names:
-                v = batch[n]
-                if v.size:
-                    lo[n] = min(lo[n], float(v.min()))
-                    hi[n] = max(hi[n], float(v.max()))
-        return {n: (lo[n], hi[n]) if np.isfinite(lo[n]) else (0.0, 0.0) for n in names}
+        return calibrate(
+            lambda: self.engine.capture_minmax("fp_optimized", list(names), self._images()),
+            names,
+            "minmax",
+        )
 
     def preactivation(self, layer: LayerInfo) -> str:
         return preactivation_name(layer, self.float_model)

@@ -299,6 +299,7 @@ def fix(
         typer.Option(help="Allow re-calibrating on (search) evaluation images when the "
                      "calibration set is the problem."),
     ] = False,
+    target: TargetOpt = None,
     report_dir: ReportDir = None,
     debug: Annotated[bool, DEBUG] = False,
 ) -> None:
@@ -319,20 +320,22 @@ def fix(
     folder = report_dir
     started = time.time()
     try:
+        if target is not None and target not in ("hailo8", "int8"):
+            raise QuantdoctorError(f"--target {target!r} is unknown; use hailo8 or int8")
         cfg = load_config(config)
         folder = report_dir or cfg.report.dir
         check_budget(cfg.max_drop if max_drop is None else max_drop, max_16bit_macs,
                      max_evaluations)
-        target = output or config.with_name(config.stem + ".fixed.yaml")
+        fixed_path = output or config.with_name(config.stem + ".fixed.yaml")
         # before minutes of work, not after
-        check_outputs([target], force, protected=[config, cfg.model])
+        check_outputs([fixed_path], force, protected=[config, cfg.model])
         if export is not None:
             check_outputs([export, *sidecar_paths(export)], force, protected=[config, cfg.model])
         result, _ = run_fix(
             cfg, max_drop=max_drop, max_evaluations=max_evaluations,
-            max_16bit_macs=max_16bit_macs, output=target, export=export, force=force,
-            calibrate_from_evaluation=calibrate_from_evaluation, progress=RichProgress(err),
-            report_dir=report_dir,
+            max_16bit_macs=max_16bit_macs, output=fixed_path, export=export, force=force,
+            calibrate_from_evaluation=calibrate_from_evaluation, target=target,
+            progress=RichProgress(err), report_dir=report_dir,
         )
     except QuantdoctorError as e:
         _fail(e, debug, _partial_note(folder, started))

@@ -380,7 +380,9 @@ def confirm(result: FixResult, state: _State, task: Task, native_task: Task, see
 # --- outputs -----------------------------------------------------------------------------
 
 
-def fixed_config_text(config: DoctorConfig, result: FixResult, output: Path) -> str:
+def fixed_config_text(
+    config: DoctorConfig, result: FixResult, output: Path, target: str | None = None
+) -> str:
     """The user's config with the winning recipe, commented with what each step bought. Its
     paths stay as the user wrote them when it lies beside the config, else they are absolute
     (so that it runs as is from where it is written)."""
@@ -398,6 +400,8 @@ def fixed_config_text(config: DoctorConfig, result: FixResult, output: Path) -> 
         for key in ("native_postprocess", "postprocess"):
             if key in raw and isinstance(resolved.get(key), dict) and raw[key].get("function"):
                 raw[key]["function"] = resolved[key]["function"]
+    if target is not None:  # the command line's --target
+        raw["target"] = target
     raw.update(result.config_changes)
     if result.calibrate_from_evaluation:
         ev = config.data.evaluation
@@ -483,6 +487,7 @@ def fix(
     export: Path | None = None,
     force: bool = False,
     calibrate_from_evaluation: bool = False,
+    target: str | None = None,
     progress: Progress | None = None,
     report_dir: Path | None = None,
 ) -> tuple[FixResult, Report]:
@@ -494,7 +499,10 @@ def fix(
     budget = config.max_drop if max_drop is None else max_drop
     check_budget(budget, max_16bit_macs, max_evaluations)
     started = time.perf_counter()
-    run = api.diagnose_run(config, progress=progress, max_drop=budget, report_dir=report_dir)
+    run = api.diagnose_run(
+        config, progress=progress, max_drop=budget, target=target, report_dir=report_dir
+    )
+    config = run.config  # with the target override
     report = run.report
     if report.reliability:
         result = FixResult("pipeline", budget, message=pipeline_message(report))
@@ -521,7 +529,7 @@ def fix(
     if output is not None:
         from ..report.findings import write_atomic
 
-        write_atomic(output, fixed_config_text(config, result, output))
+        write_atomic(output, fixed_config_text(config, result, output, target))
         result.fixed_config = str(output)
     if export is not None and output is not None:
         from ..config import load_config

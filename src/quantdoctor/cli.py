@@ -336,6 +336,12 @@ def fix(
             max_16bit_macs=max_16bit_macs, output=fixed_path, export=export, force=force,
             calibrate_from_evaluation=calibrate_from_evaluation, target=target,
             progress=RichProgress(err), report_dir=report_dir,
+            on_step=lambda s: err.print(
+                f"fix step {s.index}: {s.remedy} → {s.value:.2f} ({s.delta:+.2f}, 95% CI "
+                f"{s.delta_ci95[0]:+.2f} … {s.delta_ci95[1]:+.2f}) "
+                f"{'accepted' if s.accepted else 'rejected'}: {s.reason}",
+                markup=False, highlight=False, soft_wrap=True,
+            ),
         )
     except QuantdoctorError as e:
         _fail(e, debug, _partial_note(folder, started))

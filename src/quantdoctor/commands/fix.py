@@ -490,10 +490,11 @@ def fix(
     target: str | None = None,
     progress: Progress | None = None,
     report_dir: Path | None = None,
+    on_step: Callable[[FixStep], None] | None = None,
 ) -> tuple[FixResult, Report]:
     """Diagnose, search, confirm, write ``output`` (the fixed config) and, with ``export``,
     the QDQ model of the fixed recipe. findings.json gains the ``fix`` section after every
-    step."""
+    step; ``on_step`` hears of each step as it is decided (the CLI prints a line)."""
     from .. import api
 
     budget = config.max_drop if max_drop is None else max_drop
@@ -510,9 +511,16 @@ def fix(
         run.save()
         return result, report
 
+    told = 0
+
     def save(partial: FixResult) -> None:
+        nonlocal told
         report.fix = partial.to_dict()
         run.save()
+        if on_step is not None:
+            for step in partial.steps[told:]:
+                on_step(step)
+            told = len(partial.steps)
 
     native_task = run.native_task or run.task
     result, state = run.step("fix", lambda: search(

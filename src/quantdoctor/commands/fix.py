@@ -460,8 +460,8 @@ def not_met_message(report: Report, calibrated_from_evaluation: bool) -> str:
             + " Fix the calibration set, or let fix calibrate on evaluation images "
             "(--calibrate-from-evaluation)."
         )
-    parts.append("AdaRound and fine-tuning need the trainable copy (quantdoctor[train]), "
-                 "which this version does not have yet.")
+    parts.append("AdaRound and fine-tuning (gradient remedies on the trainable copy, "
+                 "quantdoctor[train]) are not in this version yet.")
     return " ".join(parts)
 
 

@@ -114,9 +114,9 @@ class Engine:
         self.preprocessor = Preprocessor(config.preprocess)
         for index, name in config.planned_steps:
             raise ConfigError(
-                f"recipe[{index}]: the '{name}' command needs the trainable copy "
-                "(quantdoctor[train]), which this version does not have yet; remove it from "
-                "the recipe"
+                f"recipe[{index}]: the '{name}' command (a gradient remedy on the trainable "
+                "copy, quantdoctor[train]) is not implemented in this version yet; remove it "
+                "from the recipe"
             )
         if config.start_nodes:
             raise ConfigError(

@@ -44,7 +44,8 @@ def test_fix_finds_the_dominating_layer_and_stops(digits, digits_config, tmp_pat
     accepted = [s for s in result.steps if s.accepted]
     assert len(accepted) == 1, [(s.remedy, s.reason) for s in result.steps]
     assert "fc1" in " ".join(accepted[0].recipe)  # that layer, 16 bits or its range clipped
-    assert accepted[0].index == result.steps[-1].index  # it stopped there
+    # nothing after it changed the recipe (later tries, for margin, were rejected)
+    assert all(not s.accepted for s in result.steps if s.index > accepted[0].index)
     assert result.status == "met" and result.confirmed["drop"] <= 1.0
     assert result.confirmed["n"] == result.confirm_images
     assert result.search_images + result.confirm_images == len(

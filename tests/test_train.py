@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 import quantdoctor
 from quantdoctor.errors import QuantdoctorError
 
-from .conftest import REPO, SHARED_DATA
+from .conftest import REPO
 from .test_layers import branchy_net
 
 torch = pytest.importorskip("torch")
@@ -320,11 +320,16 @@ def test_a_diverging_conversion_is_refused_naming_the_node(
 
 # --- a real model ----------------------------------------------------------------------------
 @pytest.mark.shared_data
-def test_efficientnet_lite0_converts(tmp_path: Path) -> None:
+def test_efficientnet_lite0_converts(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from .test_real_models import _export
+
     model = REPO / "examples" / "models" / "efficientnet_lite0.onnx"
-    if not model.is_file() or not (SHARED_DATA / "imagenet-sample").is_dir():
-        pytest.skip("examples/models/efficientnet_lite0.onnx or the ImageNet sample is absent")
+    if not model.is_file():  # a clean clone: export it, as the other real-model tests do
+        model = _export(tmp_path_factory, "export_efficientnet_lite0")
     cfg = quantdoctor.load_config(REPO / "examples" / "efficientnet_lite0.yaml")
+    cfg = cfg.model_copy(update={"model": model})
     data = cfg.data.model_copy(
         update={
             "calibration": cfg.data.calibration.model_copy(update={"limit": 32}),

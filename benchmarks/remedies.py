@@ -28,6 +28,7 @@ import quantdoctor
 from quantdoctor.checks.evaluation import compare, score_context
 from quantdoctor.config import TargetConfig
 from quantdoctor.engine import Engine
+from quantdoctor.engine.subgraph import snr_db
 from quantdoctor.tasks import make_native_task, make_task
 
 VARIANTS: dict[str, list[dict]] = {
@@ -102,7 +103,7 @@ def main() -> None:
             ref, got = engine.outputs("native"), engine.outputs("fp_optimized")
             for out, r in ref.items():
                 r64 = r.astype(np.float64)
-                snr = 10 * np.log10((r64**2).sum() / max(((got[out] - r64) ** 2).sum(), 1e-300))
+                snr = snr_db(float((r64**2).sum()), float(((got[out] - r64) ** 2).sum()))
                 line = f"  {name}: fp_optimized vs native, output {out}: SNR {snr:.1f} dB"
                 if config.task == "classification" and r.ndim == 2:
                     agree = 100 * np.mean(r.argmax(1) == got[out].argmax(1))

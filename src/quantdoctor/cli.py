@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -72,26 +75,15 @@ def _run(command: str, config: Path, max_drop: float | None, target: str | None,
     from .config import load_config
     from .report.console import RichProgress, print_evaluation, print_findings, print_summary
 
-    folder = report_dir
-    started = time.time()
-    try:
-        if target is not None and target not in ("hailo8", "int8"):
-            raise QuantdoctorError(f"--target {target!r} is unknown; use hailo8 or int8")
+    with _report_run(debug, report_dir) as where:
+        _check_target(target)
         cfg = load_config(config)
-        folder = report_dir or cfg.report.dir
+        where.folder = report_dir or cfg.report.dir
         report = getattr(api, command)(
             cfg, progress=RichProgress(err), max_drop=max_drop, target=target,
             report_dir=report_dir,
         )
-    except QuantdoctorError as e:
-        _fail(e, debug, _partial_note(folder, started))
-        return
-    except KeyboardInterrupt:
-        err.print(f"interrupted. {_partial_note(folder, started)}", markup=False)
-        raise typer.Exit(130) from None
-    except Exception:
-        err.print(_partial_note(folder, started), markup=False)
-        raise
+    folder = where.folder
     if command == "diagnose":  # one screen: the details are in the report
         print_evaluation(report, out, compact=True)
         print_findings(report, out, problems_only=True)
@@ -105,6 +97,36 @@ def _run(command: str, config: Path, max_drop: float | None, target: str | None,
         markup=False,
         soft_wrap=True,  # paths stay whole for copy and paste
     )
+
+
+@dataclass
+class _Where:
+    """Where a command writes its report (known once the config is read)."""
+
+    folder: Path | None
+    started: float
+
+
+@contextmanager
+def _report_run(debug: bool, folder: Path | None) -> Iterator[_Where]:
+    """Errors of a command that writes a report: bad input is one sentence and exit 2,
+    Ctrl-C exit 130, a crash its traceback; each says where the finished steps are."""
+    where = _Where(folder, time.time())
+    try:
+        yield where
+    except QuantdoctorError as e:
+        _fail(e, debug, _partial_note(where.folder, where.started))
+    except KeyboardInterrupt:
+        err.print(f"interrupted. {_partial_note(where.folder, where.started)}", markup=False)
+        raise typer.Exit(130) from None
+    except Exception:
+        err.print(_partial_note(where.folder, where.started), markup=False)
+        raise
+
+
+def _check_target(target: str | None) -> None:
+    if target is not None and target not in ("hailo8", "int8"):
+        raise QuantdoctorError(f"--target {target!r} is unknown; use hailo8 or int8")
 
 
 def _partial_note(folder: Path | None, started: float) -> str:
@@ -317,13 +339,10 @@ def fix(
     from .config import load_config
     from .report.console import RichProgress, print_fix
 
-    folder = report_dir
-    started = time.time()
-    try:
-        if target is not None and target not in ("hailo8", "int8"):
-            raise QuantdoctorError(f"--target {target!r} is unknown; use hailo8 or int8")
+    with _report_run(debug, report_dir) as where:
+        _check_target(target)
         cfg = load_config(config)
-        folder = report_dir or cfg.report.dir
+        where.folder = report_dir or cfg.report.dir
         check_budget(cfg.max_drop if max_drop is None else max_drop, max_16bit_macs,
                      max_evaluations)
         fixed_path = output or config.with_name(config.stem + ".fixed.yaml")
@@ -343,12 +362,7 @@ def fix(
                 markup=False, highlight=False, soft_wrap=True,
             ),
         )
-    except QuantdoctorError as e:
-        _fail(e, debug, _partial_note(folder, started))
-        return
-    except KeyboardInterrupt:
-        err.print(f"interrupted. {_partial_note(folder, started)}", markup=False)
-        raise typer.Exit(130) from None
+    folder = where.folder
     print_fix(result.to_dict(), out)
     if result.fixed_config:
         out.print(f"wrote {result.fixed_config}", markup=False, highlight=False, soft_wrap=True)

@@ -203,15 +203,13 @@ class MacCounter:
     def __init__(self, engine: Engine) -> None:
         self.macs = layer_macs(engine.float_model)
         self.total = max(sum(self.macs.values()), 1)
-        self.engine = engine
 
     def fraction(self, engine: Engine) -> float:
         plan = engine.plan()
         at16 = sum(
             self.macs.get(layer.name, 0)
             for layer in engine.layers
-            if (plan.layer_precision(layer) or (8, 8))[0] >= 16
-            or (plan.layer_precision(layer) or (8, 8))[1] >= 16
+            if max(plan.layer_precision(layer) or (8, 8)) >= 16
         )
         return at16 / self.total
 
@@ -273,8 +271,7 @@ def _sibling(
         search = base.images(SEARCH_SPLIT)
         size = min(sibling.config.calibration.size, len(search))
         pick = np.sort(np.random.default_rng(base.config.seed).choice(len(search), size, False))
-        sibling._splits = dict(sibling._splits)  # its own calibration split
-        sibling._splits["calibration"] = search.subset(pick.tolist())
+        sibling = sibling.with_calibration_images(search.subset(pick.tolist()))
     return sibling
 
 
@@ -355,16 +352,19 @@ def search(
             state = _State(sibling, scores, summary.value, state.steps + cand.steps,
                            {**state.changes, **cand.config_changes}, from_eval)
             result.calibrate_from_evaluation = from_eval
-        result.recipe = _recipe_text(state.steps)
-        result.config_changes = state.changes
-        result.macs_16bit = macs.fraction(state.engine)
-        result.seconds = time.perf_counter() - started
+        _record(result, state, macs, started)
         if on_step is not None:
             on_step(result)
+    _record(result, state, macs, started)
+    return result, state
+
+
+def _record(result: FixResult, state: _State, macs: MacCounter, started: float) -> None:
+    """The recipe so far into the result (after every step, for the saved report)."""
     result.recipe = _recipe_text(state.steps)
     result.config_changes = state.changes
     result.macs_16bit = macs.fraction(state.engine)
-    return result, state
+    result.seconds = time.perf_counter() - started
 
 
 def confirm(result: FixResult, state: _State, task: Task, native_task: Task, seed: int) -> None:

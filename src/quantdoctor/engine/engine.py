@@ -191,6 +191,14 @@ class Engine:
         self.share_caches(sibling)
         return sibling
 
+    def with_calibration_images(self, images: ImageSet) -> Engine:
+        """A sibling engine that calibrates (and bias-corrects) on ``images`` instead of the
+        calibration split, sharing everything else (``fix --calibrate-from-evaluation``)."""
+        sibling = self.with_recipe([])
+        sibling._splits = dict(self._splits)  # its own calibration split; caches stay shared
+        sibling._splits["calibration"] = images
+        return sibling
+
     def share_caches(self, other: Engine) -> None:
         """Let ``other`` (same model, data and preprocessing) use this engine's decoded
         images, splits and content-keyed caches of models, sessions and outputs."""

@@ -24,15 +24,21 @@ This package imports without torch; its functions say how to install it.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import QuantdoctorError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import onnx
 
     from ..engine.engine import Engine
     from ..quant import QuantPlan
+    from ..report import Finding, Report
     from .convert import Verification
     from .interpreter import QuantizedTorchModel
 
@@ -40,7 +46,23 @@ INSTALL_HINT = (
     "the trainable copy needs PyTorch, which is not installed: pip install 'quantdoctor[train]'"
 )
 
-__all__ = ["QuantizedTorchModel", "Verification", "from_torch", "require_torch", "to_torch"]
+__all__ = [
+    "QuantizedTorchModel",
+    "Verification",
+    "bn_missing_layers",
+    "from_torch",
+    "require_torch",
+    "save_trained_weights",
+    "to_torch",
+    "torch_available",
+]
+
+
+def torch_available() -> bool:
+    """Whether PyTorch can be imported (without importing it)."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"] is not None
+    return importlib.util.find_spec("torch") is not None
 
 
 def require_torch() -> None:
@@ -57,12 +79,29 @@ def to_torch(
     *,
     learnable_scales: bool = False,
     verify_split: str | None = "calibration",
+    batchnorm: Sequence[str] | None = None,
 ) -> QuantizedTorchModel:
     """See :func:`quantdoctor.train.convert.to_torch`."""
     require_torch()
     from .convert import to_torch as impl
 
-    return impl(engine, plan, learnable_scales=learnable_scales, verify_split=verify_split)
+    return impl(
+        engine,
+        plan,
+        learnable_scales=learnable_scales,
+        verify_split=verify_split,
+        batchnorm=batchnorm,
+    )
+
+
+def bn_missing_layers(
+    source: Engine | Finding | Report, *, unnormalized_only: bool = False, images: int = 64
+) -> list[str]:
+    """See :func:`quantdoctor.train.batchnorm.bn_missing_layers`."""
+    require_torch()
+    from .batchnorm import bn_missing_layers as impl
+
+    return impl(source, unnormalized_only=unnormalized_only, images=images)
 
 
 def from_torch(module: QuantizedTorchModel, engine: Engine | None = None) -> onnx.ModelProto:
@@ -71,6 +110,14 @@ def from_torch(module: QuantizedTorchModel, engine: Engine | None = None) -> onn
     from .convert import from_torch as impl
 
     return impl(module, engine)
+
+
+def save_trained_weights(module: QuantizedTorchModel, path: str | Path) -> Path:
+    """See :func:`quantdoctor.train.convert.save_trained_weights`."""
+    require_torch()
+    from .convert import save_trained_weights as impl
+
+    return impl(module, path)
 
 
 def __getattr__(name: str) -> Any:

@@ -11,8 +11,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,6 +26,7 @@ from ..errors import QuantdoctorError
 from ..quant import QuantPlan, build_qdq
 from ..quant.calibration import Ranges
 from ..quant.target import QuantScheme
+from .batchnorm import fold_batchnorm, insert_batchnorm
 from .interpreter import SCALE_SUFFIX, QuantizedTorchModel
 
 if TYPE_CHECKING:
@@ -222,12 +224,47 @@ def _check_weight_scales(module: QuantizedTorchModel) -> None:
                 )
 
 
+def trainable_copy(
+    engine: Engine,
+    source: onnx.ModelProto,
+    plan: QuantPlan,
+    ranges: Ranges,
+    *,
+    qdq: onnx.ModelProto | None = None,
+    learnable_scales: bool = False,
+    verify_split: str | None = "calibration",
+    batchnorm: Sequence[str] | None = None,
+) -> QuantizedTorchModel:
+    """The torch copy of ``source`` quantized with ``plan`` and ``ranges`` (the QDQ model
+    ``qdq`` when given, else built here), checked in float against fp_optimized on
+    ``verify_split`` (None: not checked) and returned in quant mode; ``verification`` holds
+    the float half of the check. What the gradient remedies train (the QDQ model is built
+    from their own state, not through ``engine.model``). ``batchnorm``: as in
+    :func:`to_torch`."""
+    if qdq is None:
+        qdq = build_qdq(source, plan, ranges, engine.layers)
+    module = QuantizedTorchModel(qdq, source, plan, ranges, engine.layers, learnable_scales)
+    _check_weight_scales(module)
+    report = None
+    if verify_split is not None:
+        if source is not engine.float_model:
+            module.load_weights(engine.float_model)  # the conversion is checked in float
+        report = verify_float(module, engine, verify_split)
+        if source is not engine.float_model:
+            module.load_weights(source)
+    module.verification = report  # type: ignore[assignment]
+    if batchnorm:
+        insert_batchnorm(module, engine, batchnorm)
+    return module.quant_mode()
+
+
 def to_torch(
     engine: Engine,
     plan: QuantPlan | None = None,
     *,
     learnable_scales: bool = False,
     verify_split: str | None = "calibration",
+    batchnorm: Sequence[str] | None = None,
 ) -> QuantizedTorchModel:
     """The trainable torch copy of the engine's quantized model (plan: the recipe's).
 
@@ -238,27 +275,47 @@ def to_torch(
     first diverging node), quant mode against the ``quantized`` context (reported in
     ``module.verification``). Returned in quant mode.
 
+    ``batchnorm``: convolutions (layer names or fnmatch patterns; e.g.
+    :func:`~quantdoctor.train.batchnorm.bn_missing_layers`) to retrain with a BatchNorm after
+    them, inserted after the verification, function-preserving, and folded back into them by
+    :func:`from_torch` (:mod:`quantdoctor.train.batchnorm`); the module is then returned in
+    eval mode (``module.train()`` normalises with batch statistics).
+
     >>> module = to_torch(engine)                     # doctest: +SKIP
     >>> module.verification.quant_snr_db              # doctest: +SKIP
     {'logits': 71.3}
     """
     plan = plan or engine.plan()
-    qdq = engine.model("quantized", plan)
     source, _ = engine.quantization_source(plan)  # bias-corrected where the recipe says
-    module = QuantizedTorchModel(
-        qdq, source, plan, engine.ranges(), engine.layers, learnable_scales
+    module = trainable_copy(
+        engine,
+        source,
+        plan,
+        engine.ranges(),
+        qdq=engine.model("quantized", plan),
+        learnable_scales=learnable_scales,
+        verify_split=verify_split,
     )
-    _check_weight_scales(module)
-    report = None
     if verify_split is not None:
-        if source is not engine.float_model:
-            module.load_weights(engine.float_model)  # the conversion is checked in float
-        report = verify_float(module, engine, verify_split)
-        if source is not engine.float_model:
-            module.load_weights(source)
-        report = verify_quantized(module, engine, plan, verify_split, report)
-    module.verification = report  # type: ignore[assignment]
+        module.verification = verify_quantized(  # type: ignore[assignment]
+            module, engine, plan, verify_split, module.verification
+        )
+    if batchnorm:
+        insert_batchnorm(module, engine, batchnorm)
     return module.quant_mode()
+
+
+def save_trained_weights(module: QuantizedTorchModel, path: str | Path) -> Path:
+    """Write the float model with the module's trained weights to ``path`` (ONNX), for the
+    recipe line ``trained_weights: {model: <path>}``: quantdoctor then evaluates, analyzes
+    and diagnoses the trained weights quantized with the recipe (exactly the module's
+    quantization when its scales were not learned), against the original float model.
+
+    >>> save_trained_weights(module, "resnet20.qat.onnx")    # doctest: +SKIP
+    """
+    path = Path(path)
+    onnx.save(float_model_of(module), str(path))
+    return path
 
 
 # --- back to ONNX ------------------------------------------------------------------------
@@ -302,7 +359,7 @@ def learned_plan(module: QuantizedTorchModel) -> QuantPlan:
 
 
 def float_model_of(module: QuantizedTorchModel) -> onnx.ModelProto:
-    """The float model with the module's (trained) weights and biases."""
+    """The float model with the module's (trained) weights and biases (BatchNorms folded)."""
     model = onnx.ModelProto()
     model.CopyFrom(module.source_model)
     params = module.onnx_parameters()
@@ -310,6 +367,7 @@ def float_model_of(module: QuantizedTorchModel) -> onnx.ModelProto:
         if init.name in params:
             array = params[init.name].detach().cpu().numpy().astype(np.float32)
             init.CopyFrom(numpy_helper.from_array(array, init.name))
+    fold_batchnorm(module, model)  # inserted BatchNorms, folded into their convolutions
     return model
 
 

@@ -404,10 +404,16 @@ class QuantizedTorchModel(nn.Module):
                     param.copy_(torch.from_numpy(values[name]))
 
     # --- running ---------------------------------------------------------------------------
-    def weight_scale(self, step: _WeightQuant) -> torch.Tensor:
+    def weight_scale(
+        self,
+        step: _WeightQuant,
+        weight: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The weight scale of a layer for the current weights, as the QDQ builder would
-        compute it (or from the learnable scale)."""
-        w = self.weights[self.param_keys[step.weight]]
+        compute it (or from the learnable scale); for ``weight`` and ``bias`` instead of the
+        layer's parameters where given (a folded BatchNorm: :mod:`quantdoctor.train.batchnorm`)."""
+        w = self.weights[self.param_keys[step.weight]] if weight is None else weight
         qmax = step.scheme.qmax
         cap = None if step.clip is None else torch.tensor(step.clip, dtype=torch.float64)
         if self.learnable_scales:
@@ -418,10 +424,12 @@ class QuantizedTorchModel(nn.Module):
             scale = self._capped_scale(w, qmax, step.axis, cap)
         else:
             scale = fq.weight_scale(w, qmax, step.axis, cap)
-        if step.input_scale is not None and step.bias is not None:
+        b = bias
+        if b is None and step.bias is not None:
             b = self.weights[self.param_keys[step.bias]]
-            if b.ndim == 1 and scale.numel() in (1, b.numel()):
-                scale = fq.bias_safe_scale(scale, b, self.scales[step.input_scale])
+        s_in = step.input_scale
+        if b is not None and s_in is not None and b.ndim == 1 and scale.numel() in (1, b.numel()):
+            scale = fq.bias_safe_scale(scale, b, self.scales[s_in])
         return scale
 
     @staticmethod
@@ -488,6 +496,79 @@ class QuantizedTorchModel(nn.Module):
             if name:
                 env[name] = value
 
+    def node_step(self, node_name: str) -> int:
+        """The position in :meth:`run_steps` order of the plain node named ``node_name``."""
+        for k, step in enumerate(self._steps):
+            if isinstance(step, _Node) and step.name == node_name:
+                return k
+        raise QuantdoctorError(f"the torch copy has no node '{node_name}'")
+
+    def weight_step(self, layer_name: str) -> tuple[int, _WeightQuant]:
+        """The position and the weight quantizer of a layer with quantized weights."""
+        for k, step in enumerate(self._steps):
+            if isinstance(step, _WeightQuant) and step.layer.name == layer_name:
+                return k, step
+        raise QuantdoctorError(f"layer '{layer_name}' has no quantized weight in the torch copy")
+
+    def node_inputs(self, node_name: str) -> list[str]:
+        """The input tensor names (QDQ graph) of a plain node."""
+        step = self._steps[self.node_step(node_name)]
+        assert isinstance(step, _Node)
+        return list(step.inputs)
+
+    def run_node_with(
+        self, node_name: str, env: dict[str, torch.Tensor], replace: dict[int, torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """Run one plain node on ``env`` with some of its inputs replaced (by position);
+        returns its outputs (``env`` is not changed). AdaRound's per-layer objective."""
+        step = self._steps[self.node_step(node_name)]
+        assert isinstance(step, _Node)
+        inputs = [replace.get(k, self._get(i, env)) for k, i in enumerate(step.inputs)]
+        outs = OPS[step.op](inputs, step.attrs, self.opset)
+        return [outs] if isinstance(outs, torch.Tensor) else list(outs)
+
+    def _last_use(self) -> dict[str, int]:
+        if not hasattr(self, "_last_use_cache"):
+            last: dict[str, int] = {}
+            for k, step in enumerate(self._steps):
+                names = (
+                    step.inputs
+                    if isinstance(step, _Node)
+                    else ([step.input] if isinstance(step, _ActQuant) else [])
+                )
+                for name in names:
+                    last[name] = k
+            for name in self.output_names:
+                last[name] = len(self._steps)
+            self._last_use_cache = last
+        return self._last_use_cache
+
+    def run_steps(self, env: dict[str, torch.Tensor], start: int, stop: int) -> None:
+        """Run steps ``[start, stop)`` on ``env`` in place, dropping the tensors that no step
+        from ``stop`` on reads (to walk the graph layer by layer over many images)."""
+        for step in self._steps[start:stop]:
+            self._run_step(step, env)
+        last = self._last_use()
+        for name in [n for n in env if last.get(n, -1) < stop]:
+            del env[name]
+
+    def _run_step(
+        self, step: _Node | _ActQuant | _WeightQuant, env: dict[str, torch.Tensor]
+    ) -> None:
+        if isinstance(step, _Node):
+            self._run_node(step, env)
+        elif isinstance(step, _ActQuant):
+            x = env[step.input]
+            env[step.output] = (
+                fq.fake_quantize(
+                    x, self._act_scale(step, x), step.zero_point, step.qmin, step.qmax, step.axis
+                )
+                if self.quantize_activations
+                else x
+            )
+        else:
+            self._run_weight(step, env)
+
     def run(
         self, inputs: dict[str, torch.Tensor], keep: Iterable[str] | None = None
     ) -> dict[str, torch.Tensor]:
@@ -496,24 +577,7 @@ class QuantizedTorchModel(nn.Module):
         quantized tensor, ``<t>__float`` the value before its quantizer)."""
         env: dict[str, torch.Tensor] = dict(inputs)
         for step in self._steps:
-            if isinstance(step, _Node):
-                self._run_node(step, env)
-            elif isinstance(step, _ActQuant):
-                x = env[step.input]
-                env[step.output] = (
-                    fq.fake_quantize(
-                        x,
-                        self._act_scale(step, x),
-                        step.zero_point,
-                        step.qmin,
-                        step.qmax,
-                        step.axis,
-                    )
-                    if self.quantize_activations
-                    else x
-                )
-            else:
-                self._run_weight(step, env)
+            self._run_step(step, env)
         wanted = list(self.output_names) + [k for k in (keep or ()) if k in env]
         return {name: env[name] for name in dict.fromkeys(wanted)}
 

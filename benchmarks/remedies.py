@@ -5,6 +5,8 @@ recipe command took to apply, and the wall time of the variant.
     python benchmarks/remedies.py examples/efficientnet_lite0.yaml
     python benchmarks/remedies.py examples/efficientnet_lite0.yaml --variants minmax,mse \\
         --context quantized --limit 200
+    python benchmarks/remedies.py lite0_256.yaml --variants equalization+bias_correction \\
+        --step '[{equalization: {}}, {bias_correction: {}}, {finetune: {}}]' --exclude-calibration
     python benchmarks/remedies.py examples/yolox_nano_coco128.yaml --target int8 \\
         --variants minmax,percentile,mse,entropy \\
         --step '{quantization_param: {layers: [a], precision: a16_w16}}'
@@ -56,6 +58,9 @@ def main() -> None:
     parser.add_argument("--context", default="int8", choices=["int8", "quantized"])
     parser.add_argument("--target", default=None, help="hailo8 | int8 (default: the config's)")
     parser.add_argument("--limit", type=int, default=None, help="evaluation images")
+    parser.add_argument("--exclude-calibration", action="store_true",
+                        help="evaluate only on evaluation images that are not calibration "
+                             "images (for remedies that learn from them: adaround, finetune)")
     args = parser.parse_args()
 
     config = quantdoctor.load_config(args.config)
@@ -71,7 +76,16 @@ def main() -> None:
     native_task = make_native_task(config) or task
     t0 = time.perf_counter()
     base = Engine(config)
-    native_scores, native = score_context(base, native_task, "native", config.seed)
+    split = "evaluation"
+    if args.exclude_calibration:
+        split = "holdout"
+        calibration = {str(p) for p in base.images("calibration").paths}
+        evaluation = base.images("evaluation")
+        keep = [i for i, p in enumerate(evaluation.paths) if str(p) not in calibration]
+        base.add_split(split, evaluation.subset(keep))
+        print(f"evaluating on {len(keep)} of {len(evaluation)} evaluation images (the other "
+              f"{len(evaluation) - len(keep)} are calibration images)")
+    native_scores, native = score_context(base, native_task, "native", config.seed, split)
     setup_s = time.perf_counter() - t0
     unknown = [n for n in args.variants.split(",") if n and n not in VARIANTS]
     if unknown:
@@ -89,7 +103,10 @@ def main() -> None:
     for name, steps in variants.items():
         t1 = time.perf_counter()
         engine = base.with_recipe(steps)
-        scores, summary = score_context(engine, task, args.context, config.seed)
+        if args.exclude_calibration and engine.config.calibration.size != config.calibration.size:
+            parser.error(f"variant {name} changes calibration.size; with --exclude-calibration "
+                         "set it in the config instead")
+        scores, summary = score_context(engine, task, args.context, config.seed, split)
         wall = time.perf_counter() - t1
         cmp = compare("native", native_scores, name, scores, config.seed)
         applied = sum(r.seconds for r in engine.recipe_log

@@ -76,7 +76,8 @@ def _snr(ref: np.ndarray, got: np.ndarray) -> float:
 
 def test_every_recipe_command_has_a_remedy() -> None:
     assert {"calibration", "quantization_param", "activation_clipping", "weights_clipping",
-            "equalization", "bias_correction"} <= set(REMEDIES)
+            "equalization", "bias_correction", "adaround", "finetune",
+            "trained_weights"} <= set(REMEDIES)
 
 
 # --- ranges ---------------------------------------------------------------------------------
@@ -205,6 +206,16 @@ def test_sibling_engine_shares_float_outputs(engine_with) -> None:  # type: igno
     assert sibling.outputs("native") is native
     assert any(r.command == "equalization" for r in sibling.recipe_log)
     assert not any(r.command == "equalization" for r in base.recipe_log)
+
+
+def test_sibling_with_another_calibration_size_calibrates_on_its_own_images(engine_with) -> None:  # type: ignore[no-untyped-def]
+    base = engine_with(branchy_net(), [{"calibration": {"method": "minmax", "size": 16}}])
+    assert len(base.images("calibration")) == 16
+    base.images("evaluation")
+    sibling = base.with_recipe([{"calibration": {"method": "minmax", "size": 48}}])
+    assert len(sibling.images("calibration")) == 48
+    assert len(base.images("calibration")) == 16
+    assert sibling.images("evaluation") is base.images("evaluation")
 
 
 # --- bad input ------------------------------------------------------------------------------

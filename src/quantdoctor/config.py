@@ -282,19 +282,59 @@ class BiasCorrectionStep(_Strict):
     _empty = field_validator("bias_correction", mode="before")(_none_is_empty)
 
 
-#: Recipe commands of DESIGN §2 that later versions implement; accepted by the
-#: schema so that a config is future-proof, refused with a clear error when run.
-PLANNED_COMMANDS = ("adaround", "finetune")
+class AdaroundCommand(_Strict):
+    """AdaRound (Nagel et al. 2020): each layer's weight rounding (up or down) learned, layer
+    by layer in graph order, to reproduce the float layer's output on the calibration images
+    from the quantized upstream. Needs ``quantdoctor[train]``."""
+
+    layers: list[str] | None = None
+    iterations: int = Field(default=1000, gt=0)
+    batch_size: int = Field(default=32, gt=0)
+    learning_rate: float = Field(default=1e-2, gt=0)
+    regularization: float = Field(default=0.01, ge=0)
 
 
-class PlannedStep(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
+class AdaroundStep(_Strict):
+    adaround: AdaroundCommand = AdaroundCommand()
+
+    _empty = field_validator("adaround", mode="before")(_none_is_empty)
+
+
+class FinetuneCommand(_Strict):
+    """Label-free fine-tuning of the quantized model's weights and biases (fake quantization,
+    straight-through gradients) to reproduce the float model's outputs on the calibration
+    images (distillation, as Hailo's finetune). ``dataset_size``: how many calibration
+    images (default all). Needs ``quantdoctor[train]``."""
+
+    epochs: int = Field(default=4, gt=0)
+    dataset_size: int | None = Field(default=None, gt=0)
+    learning_rate: float = Field(default=1e-4, gt=0)
+    batch_size: int = Field(default=8, gt=0)
+
+
+class FinetuneStep(_Strict):
+    finetune: FinetuneCommand = FinetuneCommand()
+
+    _empty = field_validator("finetune", mode="before")(_none_is_empty)
+
+
+class TrainedWeightsCommand(_Strict):
+    """Quantize the weights of another float ONNX model of the same graph (e.g. trained with
+    quantization-aware training through ``quantdoctor.train``; written by
+    ``quantdoctor.train.save_trained_weights``) instead of the model's own; the native and
+    fp_optimized contexts keep the original model."""
+
+    model: Path
+
+
+class TrainedWeightsStep(_Strict):
+    trained_weights: TrainedWeightsCommand
 
 
 def _step_kind(value: Any) -> str | None:
     if isinstance(value, dict) and len(value) == 1:
         key = next(iter(value))
-        return "planned" if key in PLANNED_COMMANDS else key
+        return str(key)
     if isinstance(value, BaseModel):
         kinds = {
             CalibrationStep: "calibration",
@@ -305,8 +345,11 @@ def _step_kind(value: Any) -> str | None:
             WeightsClippingStep: "weights_clipping",
             EqualizationStep: "equalization",
             BiasCorrectionStep: "bias_correction",
+            AdaroundStep: "adaround",
+            FinetuneStep: "finetune",
+            TrainedWeightsStep: "trained_weights",
         }
-        return kinds.get(type(value), "planned")
+        return kinds.get(type(value))
     return None
 
 
@@ -320,7 +363,9 @@ RecipeStep = Annotated[
         Annotated[WeightsClippingStep, Tag("weights_clipping")],
         Annotated[EqualizationStep, Tag("equalization")],
         Annotated[BiasCorrectionStep, Tag("bias_correction")],
-        Annotated[PlannedStep, Tag("planned")],
+        Annotated[AdaroundStep, Tag("adaround")],
+        Annotated[FinetuneStep, Tag("finetune")],
+        Annotated[TrainedWeightsStep, Tag("trained_weights")],
     ],
     Discriminator(
         _step_kind,
@@ -329,7 +374,8 @@ RecipeStep = Annotated[
             "each recipe entry is one command: {calibration: ...}, {quantization_param: ...}, "
             "{normalization: {mean, std}}, {input_conversion: bgr_to_rgb}, "
             "{activation_clipping: ...}, {weights_clipping: ...}, {equalization: {}}, "
-            f"{{bias_correction: {{}}}} or one of {', '.join(PLANNED_COMMANDS)}"
+            "{bias_correction: {}}, {adaround: {}}, {finetune: {}} or "
+            "{trained_weights: {model: trained.onnx}}"
         ),
     ),
 ]
@@ -419,20 +465,11 @@ class DoctorConfig(_Strict):
         everything but the input transforms (normalization, input_conversion)."""
         out = []
         for i, step in enumerate(self.recipe):
-            if isinstance(step, (NormalizationStep, InputConversionStep, PlannedStep)):
+            if isinstance(step, (NormalizationStep, InputConversionStep)):
                 continue
             name = next(iter(type(step).model_fields))
             out.append((i, name, getattr(step, name)))
         return out
-
-    @property
-    def planned_steps(self) -> list[tuple[int, str]]:
-        """(index, name) of recipe commands this version does not run yet."""
-        return [
-            (i, next(iter(s.model_extra or {"?": None})))
-            for i, s in enumerate(self.recipe)
-            if isinstance(s, PlannedStep)
-        ]
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
@@ -491,10 +528,17 @@ def _resolve_paths(cfg: DoctorConfig, base: Path) -> DoctorConfig:
     data = DataConfig(
         calibration=source(cfg.data.calibration), evaluation=source(cfg.data.evaluation)
     )
+    recipe = [
+        TrainedWeightsStep(trained_weights=TrainedWeightsCommand(model=res(s.trained_weights.model)))
+        if isinstance(s, TrainedWeightsStep)
+        else s
+        for s in cfg.recipe
+    ]
     return cfg.model_copy(
         update={
             "model": res(cfg.model),
             "data": data,
+            "recipe": recipe,
             "report": ReportConfig(dir=res(cfg.report.dir)),
         }
     )

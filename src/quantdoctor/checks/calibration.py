@@ -275,8 +275,8 @@ def _image_facts(cal: ImageSet, f_cal: np.ndarray | None, cosine_bar: float) -> 
 
 def _too_few(facts: _ImageFacts, n: int, engine: Engine, available: int | None) -> Finding:
     k = facts.distinct
-    planned = {name for _, name in engine.config.planned_steps}
-    finetune = sorted(planned & set(FINETUNE_COMMANDS))
+    commands = {name for _, name, _ in engine.config.remedy_steps}
+    finetune = sorted(commands & set(FINETUNE_COMMANDS))
     evidence: dict[str, Any] = {
         "images": n,
         "distinct_images": k,

@@ -38,6 +38,7 @@ from ..quant import resolve_target
 from ..quant.remedies import REMEDIES
 from ..report import Finding, Report
 from ..tasks import Task
+from ..train import torch_available
 
 #: The context measured during the search: ONNX Runtime's integer kernels (the fast path).
 CONTEXT = "int8"
@@ -57,7 +58,9 @@ class Candidate:
     steps: list[dict[str, Any]]
     because: str
     expected_gain: float | None = None
-    cost: int = 0  # 0 cheap (ranges, float edits), 1 bias correction, 2 16-bit layers
+    #: 0 cheap (ranges, float edits), 1 bias correction, 2 16-bit layers, 3 AdaRound,
+    #: 4 fine-tuning
+    cost: int = 0
     config_changes: dict[str, Any] = field(default_factory=dict)
     layers_16bit: tuple[str, ...] = ()
     #: calibrate on (a sample of) the search images instead of the calibration set
@@ -178,6 +181,7 @@ def candidates(
             out.append(Candidate("mse calibration", [{"calibration": {"method": "mse"}}], f.id))
         elif f.suspect == 4 and steps:
             out.append(Candidate(f.id.split(".")[-1], steps, f.id, _gain(f)))
+    out += gradient_candidates(report)
     # one candidate per remedy (the first cause that asked for it), best expected gain first
     unique: dict[str, Candidate] = {}
     for c in out:
@@ -192,6 +196,39 @@ def candidates(
             c.cost,
         ),
     )
+
+
+#: Findings of quantization error (suspect 4, whole-model sensitivities) that the gradient
+#: remedies address when nothing cheaper has brought the drop within the budget.
+GRADIENT_CAUSES = (
+    "quantization.weights_sensitive",
+    "quantization.activations_sensitive",
+    "layers.weight_range_imbalance",
+    "layers.low_snr",
+    "layers.wide_range",
+    "layers.bn_missing",
+)
+
+
+def gradient_remedies_available() -> bool:
+    """Whether ``adaround`` and ``finetune`` can run (the ``[train]`` extra: torch)."""
+    return torch_available()
+
+
+def gradient_candidates(report: Report) -> list[Candidate]:
+    """AdaRound, then fine-tuning: the most expensive remedies, last; tried when a
+    quantization cause is found and torch is installed (else ``fix`` says they were not)."""
+    cause = next(
+        (f.id for f in report.findings
+         if f.severity in ("error", "warning") and (f.id in GRADIENT_CAUSES or f.suspect == 4)),
+        None,
+    )
+    if cause is None or not gradient_remedies_available():
+        return []
+    return [
+        Candidate("adaround", [{"adaround": {}}], cause, None, 3),
+        Candidate("finetune", [{"finetune": {}}], cause, None, 4),
+    ]
 
 
 # --- the search --------------------------------------------------------------------------
@@ -473,8 +510,13 @@ def not_met_message(report: Report, calibrated_from_evaluation: bool) -> str:
             + " Fix the calibration set, or let fix calibrate on evaluation images "
             "(--calibrate-from-evaluation)."
         )
-    parts.append("AdaRound and fine-tuning (gradient remedies on the trainable copy, "
-                 "quantdoctor[train]) are not in this version yet.")
+    if not gradient_remedies_available():
+        parts.append("AdaRound and fine-tuning (gradient remedies on the trainable copy) were "
+                     "not tried: they need PyTorch, pip install 'quantdoctor[train]'.")
+    else:
+        parts.append("Beyond these: quantization-aware training with your labels "
+                     "(quantdoctor.train, README 'Quantization-aware training'), or 16-bit "
+                     "layers (--max-16bit-macs).")
     return " ".join(parts)
 
 

@@ -112,12 +112,6 @@ class Engine:
         self.config = config
         self.progress = progress or NullProgress()
         self.preprocessor = Preprocessor(config.preprocess)
-        for index, name in config.planned_steps:
-            raise ConfigError(
-                f"recipe[{index}]: the '{name}' command (a gradient remedy on the trainable "
-                "copy, quantdoctor[train]) is not implemented in this version yet; remove it "
-                "from the recipe"
-            )
         if config.start_nodes:
             raise ConfigError(
                 "start_nodes are not supported yet: export the model from its first layer on, "
@@ -189,6 +183,9 @@ class Engine:
         config = parse_config(raw).model_copy(update={"source": self.config.source})
         sibling = Engine(config, self.progress, self.target, native_model=self.native_model)
         self.share_caches(sibling)
+        if config.calibration.size != self.config.calibration.size:
+            # another calibration set: its own calibration split (decoded images stay shared)
+            sibling._splits = {k: v for k, v in self._splits.items() if k != "calibration"}
         return sibling
 
     def with_calibration_images(self, images: ImageSet) -> Engine:

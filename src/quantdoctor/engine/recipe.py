@@ -8,7 +8,8 @@ layer-by-layer walk of the quantized model that bias correction needs
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -116,6 +117,20 @@ class RecipeBackend:
 
     def preactivation(self, layer: LayerInfo) -> str:
         return preactivation_name(layer, self.float_model)
+
+    def task(self, description: str, total: int) -> AbstractContextManager[Callable[..., None]]:
+        return self.engine.progress.task(description, total)
+
+    def input_batches(self) -> Iterator[np.ndarray]:
+        return self.engine.batches(self._images(), "fp_optimized")
+
+    def trainable_copy(self) -> Any:
+        from ..train import require_torch
+
+        require_torch()
+        from ..train.convert import trainable_copy
+
+        return trainable_copy(self.engine, self.float_model, self.plan, self.ranges)
 
     def walk_quantized(self, layers: Sequence[LayerInfo], on_layer: LayerCallback) -> None:
         walk_quantized(self.engine, self.float_model, self.plan, self.ranges, self._images(),

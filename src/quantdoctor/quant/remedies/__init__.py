@@ -8,7 +8,9 @@ from . import (  # noqa: F401 - importing registers each remedy
     bias_correction,
     calibration,
     equalization,
+    gradient,
     quantization_param,
+    trained_weights,
     weights_clipping,
 )
 from .base import (

@@ -30,6 +30,7 @@ import difflib
 import fnmatch
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -115,6 +116,20 @@ class RemedyBackend(Protocol):
 
     def preactivation(self, layer: LayerInfo) -> str:
         """The tensor a layer computes before its fused activation (its node's output)."""
+        ...
+
+    def task(self, description: str, total: int) -> AbstractContextManager[Callable[..., None]]:
+        """A progress bar for long work: ``with backend.task("...", n) as advance:``."""
+        ...
+
+    def input_batches(self) -> Iterator[np.ndarray]:
+        """The calibration images as model inputs (float32), batch by batch."""
+        ...
+
+    def trainable_copy(self) -> Any:
+        """The torch copy (``quantdoctor.train``'s ``QuantizedTorchModel``, quant mode) of the
+        float model so far quantized with the plan and ranges so far, checked in float against
+        fp_optimized (the gradient remedies train it; needs ``quantdoctor[train]``)."""
         ...
 
     def walk_quantized(self, layers: Sequence[LayerInfo], on_layer: LayerCallback) -> None:
@@ -205,7 +220,9 @@ def match_layers(
             hint = (
                 f"closest: {', '.join(close)}"
                 if close
-                else f"e.g. {', '.join(names[:3])}" if names else f"the model has no such {what}"
+                else f"e.g. {', '.join(names[:3])}"
+                if names
+                else f"the model has no such {what}"
             )
             raise ConfigError(
                 f"{where}: layers pattern {pattern!r} matches no {what} of the model ({hint}); "

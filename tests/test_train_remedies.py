@@ -5,6 +5,7 @@ nearest loses accuracy that AdaRound and fine-tuning recover), plus what happens
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -86,14 +87,10 @@ def test_finetune_distills_and_improves_the_quantized_model(demo_w4: Engine) -> 
     assert not summary["kept_original"]
     assert tuned > nearest + 0.1
     # native and fp_optimized are the original model
-    assert np.array_equal(
-        engine.outputs("native")["logits"], demo_w4.outputs("native")["logits"]
-    )
+    assert np.array_equal(engine.outputs("native")["logits"], demo_w4.outputs("native")["logits"])
 
 
-def test_trained_weights_evaluate_exactly_what_was_trained(
-    demo_w4: Engine, tmp_path: Path
-) -> None:
+def test_trained_weights_evaluate_exactly_what_was_trained(demo_w4: Engine, tmp_path: Path) -> None:
     module = to_torch(demo_w4, verify_split=None)
     x = torch.from_numpy(next(demo_w4.batches(demo_w4.images("calibration"))))
     with torch.no_grad():
@@ -176,8 +173,11 @@ def test_trained_weights_add_a_bias_the_trained_model_has() -> None:
         inits = [w] + ([numpy_helper.from_array(np.full(2, 0.5, np.float32), "b")] if bias else [])
         node = helper.make_node("Conv", ["x", "w"] + (["b"] if bias else []), ["y"], name="c")
         graph = helper.make_graph(
-            [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits,
+            [node],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            inits,
         )
         return helper.make_model(graph)
 
@@ -186,3 +186,34 @@ def test_trained_weights_add_a_bias_the_trained_model_has() -> None:
     x = np.ones((1, 1, 2, 2), np.float32)
     y = OrtRunner(out, "emulate").run(x)["y"]
     assert np.allclose(y, 1.5)
+
+
+def test_cli_with_adaround_but_without_torch_exits_2_saying_how_to_install(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+
+    import yaml
+
+    from quantdoctor.demo import prepare_demo
+
+    from .test_cli_errors import assert_clean_error
+
+    config = prepare_demo(tmp_path / "demo", "none")
+    raw = yaml.safe_load(config.read_text())
+    raw["recipe"].append({"adaround": {}})
+    config.write_text(yaml.safe_dump(raw))
+    fake = tmp_path / "no_torch" / "torch"  # an installed torch that does not import
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named torch')\n")
+    env = {**os.environ, "PYTHONPATH": str(fake.parent)}
+    result = subprocess.run(
+        [sys.executable, "-m", "quantdoctor", "evaluate", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert_clean_error(
+        result, "recipe[", "adaround needs PyTorch", "pip install 'quantdoctor[train]'"
+    )

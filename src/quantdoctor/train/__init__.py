@@ -24,8 +24,6 @@ This package imports without torch; its functions say how to install it.
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,10 +57,12 @@ __all__ = [
 
 
 def torch_available() -> bool:
-    """Whether PyTorch can be imported (without importing it)."""
-    if "torch" in sys.modules:
-        return sys.modules["torch"] is not None
-    return importlib.util.find_spec("torch") is not None
+    """Whether PyTorch imports (imported here when it does: only gradient remedies ask)."""
+    try:
+        importlib.import_module("torch")
+    except ImportError:
+        return False
+    return True
 
 
 def require_torch() -> None:

@@ -34,7 +34,8 @@ Fake quantization applies to the *folded* weights, as the deployed model quantiz
 
 The activation quantizers keep their scales (they are learned only with
 ``learnable_scales``); a model saved with :func:`~quantdoctor.train.save_trained_weights` and
-evaluated with the recipe line ``trained_weights`` is calibrated again.
+evaluated with the recipe line ``trained_weights`` is quantized with the same activation
+ranges (calibrated on the original float model), as the module was.
 """
 
 from __future__ import annotations

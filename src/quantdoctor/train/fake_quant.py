@@ -59,7 +59,8 @@ class _FakeQuantFixedScale(torch.autograd.Function):
     """Q → DQ with a fixed scale and zero point, fused: the forward pass is the inference
     arithmetic (in place, bit for bit the same), the backward pass the straight-through
     gradient masked where the clamp saturates; only a boolean mask is kept for it (the
-    unfused graph keeps several float tensors per quantizer: training is ~2x faster)."""
+    unfused graph keeps several float tensors per quantizer; measured: a ResNet-20 training
+    step 1.2x faster)."""
 
     @staticmethod
     def forward(  # type: ignore[override]

@@ -218,6 +218,23 @@ def test_sibling_with_another_calibration_size_calibrates_on_its_own_images(engi
     assert sibling.images("evaluation") is base.images("evaluation")
 
 
+def test_siblings_reuse_a_correction_computed_from_the_same_inputs(engine_with) -> None:  # type: ignore[no-untyped-def]
+    base = engine_with(branchy_net(), [])
+    first = base.with_recipe([{"bias_correction": {}}])
+    model = first.model("quantized")
+    again = base.with_recipe([{"bias_correction": {}}])
+    assert np.array_equal(
+        next(iter(again.outputs("quantized").values())),
+        next(iter(first.outputs("quantized").values())),
+    )
+    assert again.model("quantized") is model
+    assert [r.summary.get("reused") for r in again.recipe_log if r.stage == "correction"] == [True]
+    other = base.with_recipe([{"weights_clipping": {"layers": ["*"], "mode": "mse"}},
+                              {"bias_correction": {}}])
+    other.model("quantized")  # another plan: computed again
+    assert not any(r.summary.get("reused") for r in other.recipe_log)
+
+
 # --- bad input ------------------------------------------------------------------------------
 
 

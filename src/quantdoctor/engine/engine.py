@@ -10,6 +10,7 @@ tensors, building each model and session once and caching outputs within a run.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -147,6 +148,8 @@ class Engine:
         self._outputs: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
         self._range_sets: dict[str, Ranges] = {}
         self._qdq_models: dict[tuple[str, str, str, bool], onnx.ModelProto] = {}
+        #: corrected models by what they were computed from (see quantization_source)
+        self._corrections: dict[str, tuple[onnx.ModelProto, dict]] = {}
         #: What each recipe command did, in the order applied (for the report).
         self.recipe_log: list[RemedyRecord] = []
         self.remedies: list[Remedy] = [
@@ -206,6 +209,7 @@ class Engine:
         other._outputs = self._outputs
         other._runners = self._runners
         other._qdq_models = self._qdq_models
+        other._corrections = self._corrections
 
     # --- the recipe ------------------------------------------------------------------------
     def _stage(self, stage: str) -> list[Remedy]:
@@ -249,11 +253,23 @@ class Engine:
             model = self.float_model
             ranges = self.ranges("calibration")
             images = self.images("calibration")
+            # what a correction computes depends on these and on the corrections before it:
+            # siblings (fix's candidates, a finding's measured remedy) reuse the prefix they
+            # share (AdaRound and fine-tuning take minutes)
+            key = "|".join((self._fingerprints["float"], _plan_key(self._plan),
+                            ranges_fingerprint(ranges), _images_key("calibration", images)))
             for remedy in corrections:
                 started = time.perf_counter()
+                params = json.dumps(remedy.params.model_dump(mode="json"), sort_keys=True)
+                key = hashlib.sha1(f"{key}|{remedy.command}:{params}".encode()).hexdigest()
+                if key in self._corrections:
+                    model, summary = self._corrections[key]
+                    self._record(remedy, started, {**summary, "reused": True})
+                    continue
                 edit = remedy.apply(RecipeBackend(self, images, self._plan, ranges, model))
                 assert isinstance(edit, FloatModelEdit)
                 model = edit.model
+                self._corrections[key] = (model, edit.summary)
                 self._record(remedy, started, edit.summary)
             self._corrected = (model, model_fingerprint(model))
         return self._corrected

@@ -61,6 +61,18 @@ def test_wrong_enum_value_lists_what_is_allowed(digits_config) -> None:  # type:
     )
 
 
+def test_asymmetric_weights_are_refused_in_one_sentence(digits_config) -> None:  # type: ignore[no-untyped-def]
+    path = digits_config(target={"profile": "int8", "weights": {"symmetric": False}})
+    assert_clean_error(run_cli("evaluate", str(path)), "target.weights", "symmetric: false")
+
+
+def test_dash_h_is_help() -> None:
+    for args in (["-h"], ["evaluate", "-h"], ["fix", "-h"]):
+        result = run_cli(*args)
+        assert result.returncode == 0, result.stderr
+        assert "Usage" in result.stdout
+
+
 def test_input_size_the_model_cannot_take(digits_config) -> None:  # type: ignore[no-untyped-def]
     path = digits_config(preprocess={"scale": 1 / 255, "resize": {"size": [16, 16]}})
     assert_clean_error(run_cli("evaluate", str(path)), "takes 8x8", "16x16", "[8, 8]")

@@ -113,6 +113,12 @@ def _override(scheme: QuantScheme, o: SchemeOverride | None, where: str) -> Quan
     if o is None:
         return scheme
     out = replace(scheme, **{k: v for k, v in o.model_dump().items() if v is not None})
+    if where == "weights" and not out.symmetric:
+        raise ConfigError(
+            "target.weights: symmetric: false is not supported (weights are quantized "
+            "symmetrically, zero point 0, as Hailo and ONNX Runtime's integer kernels do); "
+            "remove it"
+        )
     if out.symmetric and not out.signed and where == "weights":
         raise ConfigError("target.weights: symmetric weights must be signed (signed: true)")
     return out

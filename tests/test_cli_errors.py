@@ -150,3 +150,31 @@ def test_debug_shows_the_traceback(tmp_path: Path, flag: str) -> None:
     result = run_cli("evaluate", str(tmp_path / "nope.yaml"), flag)
     assert result.returncode != 0
     assert "Traceback" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--max-drop", "-1"], "--max-drop must be >= 0"),
+        (["--limit", "0"], "--limit must be at least 1"),
+        (["--fail-on", "sometimes"], "--fail-on 'sometimes' is unknown"),
+    ],
+)
+def test_command_line_values_are_checked_first(digits_config, args: list[str], needle: str) -> None:  # type: ignore[no-untyped-def]
+    assert_clean_error(run_cli("evaluate", str(digits_config()), *args), needle)
+
+
+def test_limit_and_fail_on_gate_a_ci_pipeline(digits_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from quantdoctor.demo import prepare_demo
+
+    ok = run_cli("evaluate", str(digits_config()), "--limit", "40", "--fail-on", "degradation")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    data = json.loads((tmp_path / "report" / "findings.json").read_text())
+    assert data["contexts"]["native"]["n"] == 40
+    # one calibration image: the quantized model loses far more than max_drop
+    broken = prepare_demo(tmp_path / "demo", "single_calibration_image")
+    gate = run_cli("evaluate", str(broken), "--fail-on", "degradation")
+    assert gate.returncode == 1, gate.stdout + gate.stderr
+    assert "--fail-on degradation: evaluation.degradation" in gate.stderr
+    assert "Traceback" not in gate.stderr
+    assert (tmp_path / "demo" / "report" / "findings.json").is_file()  # the report is written

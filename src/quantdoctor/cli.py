@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -17,6 +17,10 @@ from rich.markup import escape
 
 from . import __version__
 from .errors import QuantdoctorError
+
+if TYPE_CHECKING:
+    from .config import DoctorConfig
+    from .report import Finding, Report
 
 app = typer.Typer(
     help="Find out why a network lost accuracy when quantized, with measurements.",
@@ -70,15 +74,59 @@ ReportDir = Annotated[
 ]
 
 
+Limit = Annotated[
+    int | None,
+    typer.Option(help="Evaluate on a seeded sample of this many evaluation images."),
+]
+FailOn = Annotated[
+    str | None,
+    typer.Option(
+        help="Exit 1 (for CI pipelines) when a finding is an error (error), an error or a "
+        "warning (warning), or when the quantized model loses more than max_drop with "
+        "significance (degradation)."
+    ),
+]
+FAIL_ON = ("error", "warning", "degradation")
+
+
+def _check_options(max_drop: float | None, limit: int | None, fail_on: str | None) -> None:
+    """Values checked at the boundary: one sentence each."""
+    if max_drop is not None and not max_drop >= 0:
+        raise QuantdoctorError(f"--max-drop must be >= 0 accuracy points, got {max_drop}")
+    if limit is not None and limit < 1:
+        raise QuantdoctorError(f"--limit must be at least 1 image, got {limit}")
+    if fail_on is not None and fail_on not in FAIL_ON:
+        raise QuantdoctorError(f"--fail-on {fail_on!r} is unknown; use {', '.join(FAIL_ON)}")
+
+
+def with_limit(cfg: DoctorConfig, limit: int | None) -> DoctorConfig:
+    """The config with ``data.evaluation.limit`` set (a seeded sample, ``seed``)."""
+    if limit is None or cfg.data.evaluation is None:
+        return cfg
+    ev = cfg.data.evaluation.model_copy(update={"limit": limit})
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"evaluation": ev})})
+
+
+def failed_findings(report: Report, fail_on: str | None) -> list[Finding]:
+    """The findings that make ``--fail-on`` exit 1."""
+    if fail_on == "degradation":
+        return [f for f in report.findings
+                if f.id == "evaluation.degradation" and f.severity == "error"]
+    levels = {"error": ("error",), "warning": ("error", "warning")}.get(fail_on or "", ())
+    return [f for f in report.findings if f.severity in levels]
+
+
 def _run(command: str, config: Path, max_drop: float | None, target: str | None,
-         report_dir: Path | None, debug: bool) -> None:
+         report_dir: Path | None, debug: bool, limit: int | None = None,
+         fail_on: str | None = None) -> None:
     from . import api
     from .config import load_config
     from .report.console import RichProgress, print_evaluation, print_findings, print_summary
 
     with _report_run(debug, report_dir) as where:
         _check_target(target)
-        cfg = load_config(config)
+        _check_options(max_drop, limit, fail_on)
+        cfg = with_limit(load_config(config), limit)
         where.folder = report_dir or cfg.report.dir
         report = getattr(api, command)(
             cfg, progress=RichProgress(err), max_drop=max_drop, target=target,
@@ -98,6 +146,11 @@ def _run(command: str, config: Path, max_drop: float | None, target: str | None,
         markup=False,
         soft_wrap=True,  # paths stay whole for copy and paste
     )
+    failed = failed_findings(report, fail_on)
+    if failed:
+        err.print(f"--fail-on {fail_on}: {', '.join(f.id for f in failed)} (exit 1)",
+                  markup=False)
+        raise typer.Exit(1)
 
 
 @dataclass
@@ -144,10 +197,12 @@ def evaluate(
     max_drop: MaxDrop = None,
     target: TargetOpt = None,
     report_dir: ReportDir = None,
+    limit: Limit = None,
+    fail_on: FailOn = None,
     debug: Annotated[bool, DEBUG] = False,
 ) -> None:
     """The three-way test: native, quantized and int8 against ground truth, with CIs."""
-    _run("evaluate", config, max_drop, target, report_dir, debug)
+    _run("evaluate", config, max_drop, target, report_dir, debug, limit, fail_on)
 
 
 @app.command()
@@ -156,11 +211,13 @@ def diagnose(
     max_drop: MaxDrop = None,
     target: TargetOpt = None,
     report_dir: ReportDir = None,
+    limit: Limit = None,
+    fail_on: FailOn = None,
     debug: Annotated[bool, DEBUG] = False,
 ) -> None:
     """The whole checklist: the float pipeline, then the three-way test; names the top
     suspect."""
-    _run("diagnose", config, max_drop, target, report_dir, debug)
+    _run("diagnose", config, max_drop, target, report_dir, debug, limit, fail_on)
 
 
 @app.command()
@@ -169,11 +226,13 @@ def analyze(
     max_drop: MaxDrop = None,
     target: TargetOpt = None,
     report_dir: ReportDir = None,
+    limit: Limit = None,
+    fail_on: FailOn = None,
     debug: Annotated[bool, DEBUG] = False,
 ) -> None:
     """Only the per-layer analysis: noise per layer, ranges, weights, BatchNorm, concat
     outputs, activation functions."""
-    _run("analyze", config, max_drop, target, report_dir, debug)
+    _run("analyze", config, max_drop, target, report_dir, debug, limit, fail_on)
 
 
 @app.command()
@@ -324,6 +383,7 @@ def fix(
     ] = False,
     target: TargetOpt = None,
     report_dir: ReportDir = None,
+    limit: Limit = None,
     debug: Annotated[bool, DEBUG] = False,
 ) -> None:
     """Diagnose, then try the remedies of the causes found, cheapest and most promising
@@ -342,7 +402,8 @@ def fix(
 
     with _report_run(debug, report_dir) as where:
         _check_target(target)
-        cfg = load_config(config)
+        _check_options(max_drop, limit, None)
+        cfg = with_limit(load_config(config), limit)
         where.folder = report_dir or cfg.report.dir
         check_budget(cfg.max_drop if max_drop is None else max_drop, max_16bit_macs,
                      max_evaluations)

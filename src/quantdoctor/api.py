@@ -27,6 +27,7 @@ from .errors import QuantdoctorError
 from .progress import Progress
 from .quant import resolve_target
 from .report import Finding, Report
+from .report.folder import ReportFolder
 from .report.html import write_html
 from .tasks import Task, make_native_task, make_task
 
@@ -53,7 +54,15 @@ class _Run:
         self.folder = report_dir or config.report.dir
         self.write = write
         self.report = Report(config=str(config.source) if config.source else "")
-        self.engine = Engine(config, progress, resolve_target(config.target))
+        self.guard = ReportFolder(self.folder)
+        if write:  # before any expensive work
+            self.guard.check_writable()
+            self.guard.lock()
+        try:
+            self.engine = Engine(config, progress, resolve_target(config.target))
+        except BaseException:
+            self.close()
+            raise
         self.task: Task = make_task(config)
         self.native_task = make_native_task(config)
         #: brings conclusions drawn across steps up to date before each save
@@ -74,12 +83,18 @@ class _Run:
             ],
             "applied": [r.to_dict() for r in self.engine.recipe_log],
         }
-        if self.write:
+        done = sum(1 for status in self.report.steps.values() if status == "done")
+        if self.write and self.guard.may_write(done):
+            self.guard.before_write()
             self.report.write_json(self.folder)
             try:
                 write_html(self.report, self.folder)
             except Exception as e:  # a bug in the page must not lose a diagnosis
                 log.warning("index.html not written: %s", e)
+
+    def close(self) -> None:
+        """Let other runs write into the report folder again."""
+        self.guard.unlock()
 
     def step(self, name: str, fn: Callable[[], Any]) -> Any:
         """Run a step; on bad input, a crash or Ctrl-C keep what is done, record the
@@ -166,8 +181,11 @@ def evaluate(
     (fused integer kernels) against ground truth. Writes ``<report.dir>/findings.json``
     after each step. ``target`` replaces the config's target profile."""
     run = _Run(config, progress, target, report_dir, write)
-    run.step("setup", run.setup)
-    run.step("evaluation", lambda: run.three_way(max_drop))
+    try:
+        run.step("setup", run.setup)
+        run.step("evaluation", lambda: run.three_way(max_drop))
+    finally:
+        run.close()
     return run.report
 
 
@@ -191,8 +209,11 @@ def analyze(
     """Only the per-layer analysis (DESIGN §4 step 4): per-layer SNR, weights vs activations,
     ranges, weight imbalance, BatchNorm, concatenated outputs, activation functions."""
     run = _Run(config, progress, target, report_dir, write)
-    run.step("setup", run.setup)
-    run.step("layers", lambda: _layers(run, max_drop))
+    try:
+        run.step("setup", run.setup)
+        run.step("layers", lambda: _layers(run, max_drop))
+    finally:
+        run.close()
     return run.report
 
 
@@ -231,10 +252,12 @@ def diagnose(
     (suspect 2), the three-way test (suspect 3), the layers (suspect 4). findings.json is
     written after each step; when step 1 finds an error the quantized results are marked
     unreliable. ``skip`` leaves out steps by name ("calibration", "layers")."""
-    return diagnose_run(
+    run = diagnose_run(
         config, progress=progress, max_drop=max_drop, target=target, report_dir=report_dir,
         write=write, skip=skip,
-    ).report
+    )
+    run.close()
+    return run.report
 
 
 def diagnose_run(
@@ -248,8 +271,19 @@ def diagnose_run(
     skip: Collection[str] = (),
 ) -> _Run:
     """:func:`diagnose`, returning the run (its engine keeps the decoded images and the
-    outputs computed, for commands that go on from the diagnosis, such as ``fix``)."""
+    outputs computed, for commands that go on from the diagnosis, such as ``fix``). The run
+    still holds its report folder: ``run.close()`` when done (an error closes it)."""
     run = _Run(config, progress, target, report_dir, write)
+    try:
+        return _diagnose_steps(run, config, max_drop, skip)
+    except BaseException:
+        run.close()
+        raise
+
+
+def _diagnose_steps(
+    run: _Run, config: DoctorConfig, max_drop: float | None, skip: Collection[str]
+) -> _Run:
     run.conclude = _conclude
     report = run.report
     run.step("setup", run.setup)

@@ -558,6 +558,28 @@ def fix(
     run = api.diagnose_run(
         config, progress=progress, max_drop=budget, target=target, report_dir=report_dir
     )
+    try:
+        return _fix_after_diagnosis(
+            run, budget, max_evaluations, max_16bit_macs, output, export, force,
+            calibrate_from_evaluation, target, on_step, started,
+        )
+    finally:
+        run.close()
+
+
+def _fix_after_diagnosis(
+    run: Any,
+    budget: float,
+    max_evaluations: int,
+    max_16bit_macs: float,
+    output: Path | None,
+    export: Path | None,
+    force: bool,
+    calibrate_from_evaluation: bool,
+    target: str | None,
+    on_step: Callable[[FixStep], None] | None,
+    started: float,
+) -> tuple[FixResult, Report]:
     config = run.config  # with the target override
     report = run.report
     if report.reliability:

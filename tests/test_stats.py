@@ -40,3 +40,14 @@ def test_mcnemar_exact_matches_the_binomial_test() -> None:
     assert (result.only_a, result.only_b) == (30, 10)
     assert np.isclose(result.p_value, sps.binomtest(30, 40, 0.5).pvalue)
     assert mcnemar_exact(a, a).p_value == 1.0
+
+
+def test_no_negative_zero_in_finding_text() -> None:
+    from quantdoctor.report import Finding
+    from quantdoctor.report.findings import no_negative_zero
+
+    f = Finding("evaluation.within_noise", 3, "ok", f"drop {-0.001:.2f} (95% CI {-0.004:.2f} … "
+                f"{0.9:.2f})", recommendation=f"up to {-0.0:.1f} points")
+    assert "-0" not in f.title + f.recommendation
+    assert f.title == "drop 0.00 (95% CI 0.00 … 0.90)"
+    assert no_negative_zero("-0.25 and -0.001 stay") == "-0.25 and -0.001 stay"

@@ -399,6 +399,7 @@ def fix(
     from .commands.fix import fix as run_fix
     from .config import load_config
     from .report.console import RichProgress, print_fix
+    from .report.findings import no_negative_zero
 
     with _report_run(debug, report_dir) as where:
         _check_target(target)
@@ -418,9 +419,11 @@ def fix(
             calibrate_from_evaluation=calibrate_from_evaluation, target=target,
             progress=RichProgress(err), report_dir=report_dir,
             on_step=lambda s: err.print(
-                f"fix step {s.index}: {s.remedy} → {s.value:.2f} ({s.delta:+.2f}, 95% CI "
-                f"{s.delta_ci95[0]:+.2f} … {s.delta_ci95[1]:+.2f}) "
-                f"{'accepted' if s.accepted else 'rejected'}: {s.reason}",
+                no_negative_zero(
+                    f"fix step {s.index}: {s.remedy} → {s.value:.2f} ({s.delta:+.2f}, 95% CI "
+                    f"{s.delta_ci95[0]:+.2f} … {s.delta_ci95[1]:+.2f}) "
+                    f"{'accepted' if s.accepted else 'rejected'}: {s.reason}"
+                ),
                 markup=False, highlight=False, soft_wrap=True,
             ),
         )

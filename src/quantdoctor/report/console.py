@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..progress import Advance
 from .checklist import checklist
-from .findings import Report
+from .findings import Report, no_negative_zero
 
 _STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan", "ok": "green"}
 
@@ -166,7 +166,8 @@ def print_fix(fix: dict, console: Console) -> None:
     for s in fix.get("steps", []):
         table.add_row(
             str(s["index"]), s["remedy"], _fmt(s["value"], metric),
-            f"{s['delta']:+.2f} [{s['delta_ci95'][0]:+.2f}, {s['delta_ci95'][1]:+.2f}]",
+            f"{_fmt(s['delta'], metric, True)} [{_fmt(s['delta_ci95'][0], metric, True)}, "
+            f"{_fmt(s['delta_ci95'][1], metric, True)}]",
             f"{s['p_value']:.2g}", f"{s['seconds']:.1f}", f"{100 * s['macs_16bit']:.1f}%",
             ("yes: " if s["accepted"] else "no: ") + s["reason"],
             style="green" if s["accepted"] else None,
@@ -179,12 +180,12 @@ def print_fix(fix: dict, console: Console) -> None:
     c = fix.get("confirmed")
     if c:
         style = "green" if fix.get("status") == "met" else "bold red"
-        console.print(
+        console.print(no_negative_zero(
             f"[{style}]confirmed on {c['n']} held-out images: {metric} {c['value']:.2f} "
             f"({c['ci95'][0]:.2f} … {c['ci95'][1]:.2f}), native {c['native']:.2f}, drop "
             f"{c['drop']:.2f} (95% CI {c['drop_ci95'][0]:.2f} … {c['drop_ci95'][1]:.2f}); "
             f"budget {fix.get('max_drop')}: {'met' if fix.get('status') == 'met' else 'NOT met'}"
-            f"[/{style}]",
+            f"[/{style}]"),
             highlight=False, soft_wrap=True,
         )
     if fix.get("message"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +40,21 @@ class Finding:
     def __post_init__(self) -> None:
         if self.severity not in SEVERITY_ORDER:
             raise ValueError(f"severity must be one of {list(SEVERITY_ORDER)}")
+        self.title = no_negative_zero(self.title)
+        self.recommendation = no_negative_zero(self.recommendation)
+
+
+#: "-0.00" (a rounded tiny negative) as a whole number in text; "-0.001" and "x-0.0" are not.
+_NEGATIVE_ZERO = re.compile(r"(?<![\w.])-(0(?:\.0+)?)(?![\d.])")
+
+
+def no_negative_zero(text: str) -> str:
+    """``text`` with every printed negative zero ("drop -0.00") without its sign.
+
+    >>> no_negative_zero("drop -0.00 points (95% CI -0.50 … -0.00)")
+    'drop 0.00 points (95% CI -0.50 … 0.00)'
+    """
+    return _NEGATIVE_ZERO.sub(r"\1", text)
 
 
 def _remedy_gain(f: Finding) -> float:

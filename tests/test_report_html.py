@@ -163,3 +163,26 @@ def test_report_in_headless_chromium(double_normalization_report: Path, tmp_path
     assert "pipeline.normalization_duplicated" in verdict
     assert len(sizes) >= 3 and all(w > 50 and h > 50 for w, h in sizes)
     assert shot.stat().st_size > 50_000
+
+
+def test_progress_without_a_terminal_is_plain_lines_for_long_tasks_only() -> None:
+    import io
+    import time
+
+    from rich.console import Console
+
+    from quantdoctor.report.console import PlainProgress
+
+    buf = io.StringIO()
+    progress = PlainProgress(Console(file=buf, width=200), first=0.05, every=0.05)
+    with progress.task("short", 3) as advance:
+        advance(3)
+    assert buf.getvalue() == ""
+    with progress.task("decoding images", 4) as advance:
+        for _ in range(4):
+            time.sleep(0.06)
+            advance(1)
+    lines = buf.getvalue().splitlines()
+    assert lines[0].startswith("decoding images: ") and "%" in lines[0]
+    assert lines[-1].startswith("decoding images: done (4/4)")
+    assert 2 <= len(lines) <= 5

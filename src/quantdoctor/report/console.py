@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -16,14 +17,53 @@ from .findings import Report, no_negative_zero
 _STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan", "ok": "green"}
 
 
-class RichProgress:
-    """Progress bars for long work (shown only when the terminal is interactive)."""
+class PlainProgress:
+    """Progress as plain lines, for output that is not a terminal (CI logs, a file): a task
+    that runs longer than ``first`` seconds prints its step and percentage, then again at
+    most every ``every`` seconds, and a last line when it ends; short tasks print nothing."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, first: float = 5.0, every: float = 10.0) -> None:
         self.console = console
+        self.first = first
+        self.every = every
 
     @contextmanager
     def task(self, description: str, total: int) -> Iterator[Advance]:
+        started = time.monotonic()
+        state = {"done": 0, "next": started + self.first, "printed": False}
+
+        def line(text: str) -> None:
+            self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+            state["printed"] = True
+
+        def advance(n: int = 1) -> None:
+            state["done"] += n
+            now = time.monotonic()
+            if now >= state["next"]:
+                pct = f"{100 * state['done'] / total:.0f}% " if total else ""
+                line(f"{description}: {pct}({state['done']}/{total}), {now - started:.0f} s")
+                state["next"] = now + self.every
+
+        yield advance
+        if state["printed"]:
+            line(f"{description}: done ({state['done']}/{total}) in "
+                 f"{time.monotonic() - started:.0f} s")
+
+
+class RichProgress:
+    """Progress bars for long work when the terminal is interactive; plain lines
+    (:class:`PlainProgress`) otherwise."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._plain = None if console.is_terminal else PlainProgress(console)
+
+    @contextmanager
+    def task(self, description: str, total: int) -> Iterator[Advance]:
+        if self._plain is not None:
+            with self._plain.task(description, total) as advance:
+                yield advance
+            return
         with Progress(
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
@@ -31,7 +71,6 @@ class RichProgress:
             TimeElapsedColumn(),
             console=self.console,
             transient=True,
-            disable=not self.console.is_terminal,
         ) as bar:
             tid = bar.add_task(description, total=total)
             yield lambda n=1: bar.advance(tid, n)

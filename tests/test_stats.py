@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy import stats as sps
 
 from quantdoctor.stats import bootstrap_ci, mcnemar_exact, paired_bootstrap
@@ -51,3 +52,12 @@ def test_no_negative_zero_in_finding_text() -> None:
     assert "-0" not in f.title + f.recommendation
     assert f.title == "drop 0.00 (95% CI 0.00 … 0.90)"
     assert no_negative_zero("-0.25 and -0.001 stay") == "-0.25 and -0.001 stay"
+
+
+def test_holm_adjusts_a_family_of_p_values() -> None:
+    from quantdoctor.stats import holm
+
+    assert holm([]) == []
+    got = holm([0.01, 0.04, 0.03, 0.5])
+    assert got == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert holm([0.2, 0.9]) == pytest.approx([0.4, 0.9])

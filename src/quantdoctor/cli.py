@@ -403,7 +403,7 @@ def fix(
 
     with _report_run(debug, report_dir) as where:
         _check_target(target)
-        _check_options(max_drop, limit, None)
+        _check_options(None, limit, None)  # the budget: check_budget, below
         cfg = with_limit(load_config(config), limit)
         where.folder = report_dir or cfg.report.dir
         check_budget(cfg.max_drop if max_drop is None else max_drop, max_16bit_macs,

@@ -17,7 +17,7 @@ from ..config import NormalizationCommand
 from ..engine import Engine, InputVariant
 from ..graph.inspect import output_activations
 from ..report import Finding
-from ..stats import bootstrap_ci
+from ..stats import bootstrap_ci, holm
 from ..tasks import Task, make_task
 from .evaluation import compare
 
@@ -252,10 +252,18 @@ def test_hypotheses(
         }
     ]
     found: list[tuple[float, Finding]] = []
-    for h in hypotheses(engine):
-        scores = task.score(engine.outputs("native", split, variant=h.variant), images)
-        cmp = compare("declared", declared, h.variant.name, scores, seed, HYPOTHESIS_BOOTSTRAP)
-        better = cmp["p_value"] < 0.05 and cmp["ci95"][0] > 0
+    tested = [
+        (h, scores, compare("declared", declared, h.variant.name, scores, seed,
+                            HYPOTHESIS_BOOTSTRAP))
+        for h in hypotheses(engine)
+        for scores in [task.score(engine.outputs("native", split, variant=h.variant), images)]
+    ]
+    # several hypotheses are tested at once: significance after Holm's correction, and an
+    # error (which marks the quantized results unreliable) only for a gain beyond max_drop
+    adjusted = holm([cmp["p_value"] for _, _, cmp in tested])
+    budget = engine.config.max_drop
+    for (h, scores, cmp), p_holm in zip(tested, adjusted, strict=True):
+        better = p_holm < 0.05 and cmp["ci95"][0] > 0
         rows.append(
             {
                 "variant": h.variant.name,
@@ -263,6 +271,7 @@ def test_hypotheses(
                 "difference": cmp["difference"],
                 "ci95": cmp["ci95"],
                 "p_value": cmp["p_value"],
+                "p_holm": p_holm,
                 "test": cmp["test"],
                 "significantly_better": better,
             }
@@ -275,11 +284,12 @@ def test_hypotheses(
                     Finding(
                         h.finding,
                         1,
-                        "error",
+                        "error" if cmp["difference"] > budget else "warning",
                         f"{h.description}: {declared.metric} {declared.value:.1f} → "
                         f"{scores.value:.1f} "
                         f"(+{cmp['difference']:.1f} points, 95% CI {cmp['ci95'][0]:.1f} … "
-                        f"{cmp['ci95'][1]:.1f}, p = {cmp['p_value']:.2g}, {len(images)} images)",
+                        f"{cmp['ci95'][1]:.1f}, p = {cmp['p_value']:.2g}, Holm-adjusted "
+                        f"{p_holm:.2g} over {len(tested)} hypotheses, {len(images)} images)",
                         {
                             "declared": declared.value,
                             "alternative": scores.value,
@@ -287,6 +297,9 @@ def test_hypotheses(
                             "difference": cmp["difference"],
                             "ci95": cmp["ci95"],
                             "p_value": cmp["p_value"],
+                            "p_holm": p_holm,
+                            "hypotheses_tested": len(tested),
+                            "max_drop": budget,
                             "test": cmp["test"],
                             "n": len(images),
                         },

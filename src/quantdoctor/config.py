@@ -492,7 +492,10 @@ def _format_errors(err: ValidationError, where: str) -> str:
             lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
             continue
         if e["type"] == "extra_forbidden":
-            lines.append(f"{where}: unknown field '{path}'; check the spelling (see DESIGN §3)")
+            lines.append(
+                f"{where}: unknown field '{path}'; check the spelling (`quantdoctor init` "
+                "writes a complete doctor.yaml; README 'Start here')"
+            )
             continue
         value = e.get("input")
         shown = repr(value) if not isinstance(value, dict) else "{…}"

@@ -371,7 +371,7 @@ def guess_model(model: onnx.ModelProto, name: str = "") -> ModelGuess:
         if nc is not None and nc < 1:
             raise ModelError(
                 f"output '{first.name}' {list(shape)} is too small for boxes and class scores; "
-                "write doctor.yaml by hand with a python postprocess (see DESIGN §3)"
+                "write doctor.yaml by hand with a python postprocess (README \"Detection\")"
             )
     else:
         outs = ", ".join(f"'{o.name}' {list(shapes[o.name])}" for o in info.outputs)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ..quant.plan import LayerInfo
+from .fake_quant import along
 from .interpreter import QuantizedTorchModel
 
 ZETA, GAMMA = 1.1, -0.1
@@ -110,14 +111,6 @@ def _activation(layer: LayerInfo) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda x: x
 
 
-def _along(t: torch.Tensor, ndim: int, axis: int | None) -> torch.Tensor:
-    if axis is None or t.ndim == 0:
-        return t
-    shape = [1] * ndim
-    shape[axis] = -1
-    return t.reshape(shape)
-
-
 def _keep_group_max(
     w: torch.Tensor, axis: int | None, nearest: torch.Tensor, q: torch.Tensor
 ) -> torch.Tensor:
@@ -127,7 +120,7 @@ def _keep_group_max(
         mask = a == a.max()
     else:
         flat = a.movedim(axis, 0).reshape(a.shape[axis], -1)
-        peak = _along(flat.amax(1), w.ndim, axis)
+        peak = along(flat.amax(1), w.ndim, axis)
         mask = a == peak
     return torch.where(mask, nearest, q)
 
@@ -160,14 +153,15 @@ class _LayerProblem:
         self.weight_pos = self.inputs.index(self.step.output)
         with torch.no_grad():
             self.w = module.weights[module.param_keys[self.step.weight]].detach().clone()
-            self.scale = _along(
+            self.scale = along(
                 module.weight_scale(self.step).double(), self.w.ndim, self.step.axis
             )
             ratio = self.w.double() / self.scale
             self.floor = torch.floor(ratio)
             self.rest = (ratio - self.floor).float()
-            self.nearest = torch.round(ratio)
         self.qmin, self.qmax = self.step.scheme.qmin, self.step.scheme.qmax
+        #: round-to-nearest, clamped to the integer range
+        self.nearest = torch.round(ratio).clamp(self.qmin, self.qmax)
 
     def weight(self, h: torch.Tensor) -> torch.Tensor:
         q = torch.clamp(self.floor.float() + h, self.qmin, self.qmax)
@@ -189,7 +183,7 @@ class _LayerProblem:
 
     def hard_q(self, v: torch.Tensor) -> torch.Tensor:
         q = torch.clamp(self.floor + (v >= 0).double(), self.qmin, self.qmax)
-        return _keep_group_max(self.w, self.step.axis, self.nearest.clamp(self.qmin, self.qmax), q)
+        return _keep_group_max(self.w, self.step.axis, self.nearest, q)
 
 
 def optimize_layer(problem: _LayerProblem, settings: AdaroundSettings) -> torch.Tensor:
@@ -249,12 +243,12 @@ def adaround(
         with torch.no_grad():
             q = problem.hard_q(v)
             learned = (q * problem.scale).float()
-            nearest_w = (problem.nearest.clamp(problem.qmin, problem.qmax) * problem.scale).float()
+            nearest_w = (problem.nearest * problem.scale).float()
             errors = problem.error(nearest_w), problem.error(learned)
             if errors[1] > errors[0]:
                 learned = nearest_w
                 result.kept_nearest.append(layer.name)
-            flipped = int((q != problem.nearest.clamp(problem.qmin, problem.qmax)).sum())
+            flipped = int((q != problem.nearest).sum())
             module.weights[module.param_keys[problem.step.weight]].copy_(learned)
             k, _ = module.weight_step(layer.name)
             for env in envs:  # the layer's dequantized weight, recomputed from the new one

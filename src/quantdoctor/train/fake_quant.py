@@ -93,7 +93,7 @@ def grad_scale(x: torch.Tensor, factor: float) -> torch.Tensor:
     return _GradScale.apply(x, factor)
 
 
-def _along(t: torch.Tensor, ndim: int, axis: int | None) -> torch.Tensor:
+def along(t: torch.Tensor, ndim: int, axis: int | None) -> torch.Tensor:
     """A per-channel vector shaped to broadcast along ``axis`` of an ``ndim`` tensor."""
     if axis is None or t.ndim == 0:
         return t
@@ -111,8 +111,8 @@ def fake_quantize(
     axis: int | None = None,
 ) -> torch.Tensor:
     """QuantizeLinear → DequantizeLinear in float32 (an activation), straight-through."""
-    s = _along(scale, x.ndim, axis)
-    z = _along(zero_point, x.ndim, axis) if isinstance(zero_point, torch.Tensor) else zero_point
+    s = along(scale, x.ndim, axis)
+    z = along(zero_point, x.ndim, axis) if isinstance(zero_point, torch.Tensor) else zero_point
     if not (torch.is_grad_enabled() and (x.requires_grad or s.requires_grad)):
         # inference: the same arithmetic in place (one buffer instead of six)
         y = torch.div(x, s).round_().add_(z).clamp_(qmin, qmax)
@@ -160,7 +160,7 @@ def fake_quantize_weight(
     w: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int, axis: int | None
 ) -> torch.Tensor:
     """Symmetric weight quantization (zero point 0) in float64, dequantized to float32."""
-    s = _along(scale.double(), w.ndim, axis)
+    s = along(scale.double(), w.ndim, axis)
     q = torch.clamp(round_ste(w.double() / s), qmin, qmax)
     return (q * s).float()
 

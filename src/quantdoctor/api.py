@@ -24,6 +24,7 @@ from .checks.pipeline import pipeline_checks
 from .config import DoctorConfig, TargetConfig
 from .engine import Engine
 from .errors import QuantdoctorError
+from .files import NotSaved, WriteError
 from .progress import Progress
 from .quant import resolve_target
 from .report import Finding, Report
@@ -55,6 +56,8 @@ class _Run:
         self.write = write
         self.report = Report(config=str(config.source) if config.source else "")
         self.guard = ReportFolder(self.folder)
+        #: the last save's failure, if it failed (cleared by a save that succeeds)
+        self.write_error: QuantdoctorError | None = None
         if write:  # before any expensive work
             self.guard.check_writable()
             self.guard.lock()
@@ -86,7 +89,14 @@ class _Run:
         done = sum(1 for status in self.report.steps.values() if status == "done")
         if self.write and self.guard.may_write(done):
             self.guard.before_write()
-            self.report.write_json(self.folder)
+            try:
+                self.report.write_json(self.folder)
+            except WriteError as err:  # e.g. the disk filled up: go on, say so at the end
+                if self.write_error is None:
+                    log.warning("%s", err)
+                self.write_error = err
+                return
+            self.write_error = None  # a later save wrote everything so far
             try:
                 write_html(self.report, self.folder)
             except Exception as e:  # a bug in the page must not lose a diagnosis
@@ -95,6 +105,13 @@ class _Run:
     def close(self) -> None:
         """Let other runs write into the report folder again."""
         self.guard.unlock()
+
+    def finish(self, result: Any = None) -> None:
+        """Close; if the last save failed, raise :class:`NotSaved` carrying ``result`` (the
+        report by default), so that nothing computed is lost with the file."""
+        self.close()
+        if self.write_error is not None:
+            raise NotSaved(self.report if result is None else result, self.write_error)
 
     def step(self, name: str, fn: Callable[[], Any]) -> Any:
         """Run a step; on bad input, a crash or Ctrl-C keep what is done, record the
@@ -186,6 +203,7 @@ def evaluate(
         run.step("evaluation", lambda: run.three_way(max_drop))
     finally:
         run.close()
+    run.finish()
     return run.report
 
 
@@ -214,6 +232,7 @@ def analyze(
         run.step("layers", lambda: _layers(run, max_drop))
     finally:
         run.close()
+    run.finish()
     return run.report
 
 
@@ -256,7 +275,7 @@ def diagnose(
         config, progress=progress, max_drop=max_drop, target=target, report_dir=report_dir,
         write=write, skip=skip,
     )
-    run.close()
+    run.finish()
     return run.report
 
 

@@ -17,6 +17,7 @@ from rich.markup import escape
 
 from . import __version__
 from .errors import QuantdoctorError
+from .files import NotSaved, WriteError
 
 if TYPE_CHECKING:
     from .config import DoctorConfig
@@ -128,10 +129,14 @@ def _run(command: str, config: Path, max_drop: float | None, target: str | None,
         _check_options(max_drop, limit, fail_on)
         cfg = with_limit(load_config(config), limit)
         where.folder = report_dir or cfg.report.dir
-        report = getattr(api, command)(
-            cfg, progress=RichProgress(err), max_drop=max_drop, target=target,
-            report_dir=report_dir,
-        )
+        unsaved: NotSaved | None = None
+        try:
+            report = getattr(api, command)(
+                cfg, progress=RichProgress(err), max_drop=max_drop, target=target,
+                report_dir=report_dir,
+            )
+        except NotSaved as e:  # the disk filled up: print what was computed, then say so
+            report, unsaved = e.result, e
     folder = where.folder
     if command == "diagnose":  # one screen: the details are in the report
         print_evaluation(report, out, compact=True)
@@ -141,6 +146,8 @@ def _run(command: str, config: Path, max_drop: float | None, target: str | None,
         print_evaluation(report, out)
         print_findings(report, out)
     assert folder is not None
+    if unsaved is not None:
+        _fail(unsaved, debug)
     out.print(
         f"\nreport: {folder / 'index.html'}  (findings: {folder / 'findings.json'})",
         markup=False,
@@ -296,7 +303,12 @@ def init(
             sys.stdout.write(result.text)
             sys.stdout.flush()
         else:
-            write_config_file(result.text, output, force)
+            try:
+                write_config_file(result.text, output, force)
+            except WriteError as e:  # e.g. a full disk: the measured config is not lost
+                sys.stdout.write(result.text)
+                sys.stdout.flush()
+                _fail(e, debug, "The config is printed above (stdout).")
             err.print(f"wrote {output}; next: quantdoctor diagnose {output}", markup=False,
                       highlight=False, soft_wrap=True)
     except QuantdoctorError as e:
@@ -413,22 +425,28 @@ def fix(
         check_outputs([fixed_path], force, protected=[config, cfg.model])
         if export is not None:
             check_outputs([export, *sidecar_paths(export)], force, protected=[config, cfg.model])
-        result, _ = run_fix(
-            cfg, max_drop=max_drop, max_evaluations=max_evaluations,
-            max_16bit_macs=max_16bit_macs, output=fixed_path, export=export, force=force,
-            calibrate_from_evaluation=calibrate_from_evaluation, target=target,
-            progress=RichProgress(err), report_dir=report_dir,
-            on_step=lambda s: err.print(
-                no_negative_zero(
-                    f"fix step {s.index}: {s.remedy} → {s.value:.2f} ({s.delta:+.2f}, 95% CI "
-                    f"{s.delta_ci95[0]:+.2f} … {s.delta_ci95[1]:+.2f}) "
-                    f"{'accepted' if s.accepted else 'rejected'}: {s.reason}"
+        unsaved: NotSaved | None = None
+        try:
+            result, _ = run_fix(
+                cfg, max_drop=max_drop, max_evaluations=max_evaluations,
+                max_16bit_macs=max_16bit_macs, output=fixed_path, export=export, force=force,
+                calibrate_from_evaluation=calibrate_from_evaluation, target=target,
+                progress=RichProgress(err), report_dir=report_dir,
+                on_step=lambda s: err.print(
+                    no_negative_zero(
+                        f"fix step {s.index}: {s.remedy} → {s.value:.2f} ({s.delta:+.2f}, "
+                        f"95% CI {s.delta_ci95[0]:+.2f} … {s.delta_ci95[1]:+.2f}) "
+                        f"{'accepted' if s.accepted else 'rejected'}: {s.reason}"
+                    ),
+                    markup=False, highlight=False, soft_wrap=True,
                 ),
-                markup=False, highlight=False, soft_wrap=True,
-            ),
-        )
+            )
+        except NotSaved as e:  # the search is done: print it, then say what was not written
+            result, unsaved = e.result, e
     folder = where.folder
     print_fix(result.to_dict(), out)
+    if unsaved is not None:
+        _fail(unsaved, debug)
     if result.fixed_config:
         out.print(f"wrote {result.fixed_config}", markup=False, highlight=False, soft_wrap=True)
     if result.exported:

@@ -41,10 +41,10 @@ from .data.sources import (
     read_detection_source,
 )
 from .errors import ConfigError, DataError, QuantdoctorError
+from .files import check_output_file, write_atomic
 from .graph.inspect import ModelGuess, describe_shape, guess_model
 from .graph.model import load_model
 from .progress import Advance, NullProgress, Progress
-from .report.findings import write_atomic
 
 #: Labelled images scored per normalization candidate (a seeded sample).
 MEASURE_IMAGES = {"classification": 100, "detection": 32}
@@ -817,11 +817,6 @@ def write_config_file(text: str, path: str | Path, force: bool = False) -> Path:
 
 
 def check_writable(path: str | Path, force: bool) -> None:
-    """Fail before any work when ``-o`` would overwrite a file without ``--force``."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise ConfigError(f"{path} exists already; pass --force to overwrite it or choose "
-                          "another -o file")
-    if not path.parent.is_dir():
-        raise ConfigError(f"folder {path.parent} does not exist; create it or fix -o")
-
+    """Fail before any work when ``-o`` cannot be written: a folder or device in the way, an
+    existing file without ``--force``, a missing, read-only or full folder."""
+    check_output_file(Path(path), force)

@@ -490,12 +490,8 @@ def check_outputs(paths: Sequence[Path], force: bool, protected: Iterable[Path] 
             )
         if path.parent.exists() and not path.parent.is_dir():
             raise QuantdoctorError(f"{path.parent} is a file, not a folder; fix -o")
-        check_writable(path, force)  # an existing file without --force, a missing folder
-        if not os.access(path.parent, os.W_OK | os.X_OK):
-            raise QuantdoctorError(
-                f"cannot write into folder {path.parent} (permission denied); choose another "
-                "-o folder"
-            )
+        # an existing file without --force, a missing, read-only or full folder
+        check_writable(path, force)
 
 
 def _sha256(path: Path) -> str:

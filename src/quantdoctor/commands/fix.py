@@ -31,7 +31,7 @@ import yaml
 from ..checks.evaluation import compare, score_context
 from ..config import DoctorConfig, parse_config
 from ..engine import Engine
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, QuantdoctorError
 from ..graph.macs import layer_macs
 from ..progress import Progress
 from ..quant import resolve_target
@@ -559,12 +559,14 @@ def fix(
         config, progress=progress, max_drop=budget, target=target, report_dir=report_dir
     )
     try:
-        return _fix_after_diagnosis(
+        result, report = _fix_after_diagnosis(
             run, budget, max_evaluations, max_16bit_macs, output, export, force,
             calibrate_from_evaluation, target, on_step, started,
         )
     finally:
         run.close()
+    run.finish(result)  # NotSaved, carrying the result, when a file could not be written
+    return result, report
 
 
 def _fix_after_diagnosis(
@@ -611,15 +613,24 @@ def _fix_after_diagnosis(
         result.message = "nothing to fix: the quantized model is within the budget"
     elif result.status == "not_met":
         result.message = not_met_message(report, calibrate_from_evaluation)
+    unsaved: QuantdoctorError | None = None  # minutes of search are not lost with a file
     if output is not None:
-        from ..report.findings import write_atomic
+        from ..files import write_atomic
 
-        write_atomic(output, fixed_config_text(config, result, output, target))
-        result.fixed_config = str(output)
-    if export is not None and output is not None:
+        try:
+            write_atomic(output, fixed_config_text(config, result, output, target))
+            result.fixed_config = str(output)
+        except QuantdoctorError as err:
+            unsaved = err
+    if export is not None and output is not None and unsaved is None:
         from ..config import load_config
         from .export import export_model
 
-        result.exported = export_model(load_config(output), export, force=force).to_json()
+        try:
+            result.exported = export_model(load_config(output), export, force=force).to_json()
+        except QuantdoctorError as err:
+            unsaved = err
     save(result)
+    if unsaved is not None:
+        run.write_error = unsaved
     return result, report

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import QuantdoctorError
+from ..files import probe_folder
 
 #: The mistakes the demo can inject, and what each one is.
 MISTAKES: dict[str, str] = {
@@ -154,7 +155,7 @@ def prepare_demo(folder: Path, mistake: str = "double_normalization") -> Path:
         )
     folder = Path(folder)
     _check_folder(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    probe_folder(folder, "the demo folder", "choose another --dir")  # read-only, full disk
     (folder / MARKER).write_text("made by `quantdoctor demo`; the next demo run may replace it\n")
     # A previous run may have injected another mistake: start the image folders afresh.
     for sub in ("calibration", "evaluation"):

@@ -8,9 +8,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..files import write_atomic
 
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2, "ok": 3}
 #: Findings that state the accuracy drop itself, not a cause: causes of the same severity
@@ -92,21 +91,6 @@ def to_json_types(x: Any, significant: int | None = None) -> Any:
     if isinstance(x, Path):
         return str(x)
     return x
-
-
-def write_atomic(path: Path, text: str) -> Path:
-    """Write a report file so that a crash never leaves half of it; readable by all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is for reading
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 @dataclass

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import atexit
 import os
-import tempfile
 from pathlib import Path
 
-from ..errors import ConfigError, QuantdoctorError
+from ..errors import QuantdoctorError
+from ..files import probe_folder
 
 LOCK = ".quantdoctor.lock"
 FILES = (("findings.json", "findings.prev.json"), ("index.html", "index.prev.html"))
@@ -52,17 +52,8 @@ class ReportFolder:
     def check_writable(self) -> None:
         """Create the folder and write a probe file, or raise :class:`ConfigError` in one
         sentence (a read-only place, a path that is a file, a full disk)."""
-        where = f"the report folder {self.path}"
-        if self.path.exists() and not self.path.is_dir():
-            raise ConfigError(f"{where} is a file, not a folder; set --report-dir or report.dir "
-                              "to a folder")
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=self.path, prefix=".probe-"):
-                pass
-        except OSError as err:
-            raise ConfigError(f"{where} is not writable ({err.strerror or err}); set "
-                              "--report-dir or report.dir to a folder you can write") from None
+        probe_folder(self.path, "the report folder",
+                     "set --report-dir or report.dir to a folder you can write")
 
     def lock(self) -> None:
         """Hold the folder for this process, or refuse when a live run holds it."""

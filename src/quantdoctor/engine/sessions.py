@@ -20,6 +20,9 @@ ort.set_default_logger_severity(3)  # ORT's initializer-cleanup warnings are noi
 #: quantize float weights that sit between quantized activations (a layer left in float):
 #: measured 8.1 dB instead of 25 dB on Lite0 with activations-only quantization.
 DISABLED_OPTIMIZERS = ["WeightBiasQuantization"]
+#: ONNX Runtime's session option (onnxruntime_session_options_config_keys.h) for the
+#: compute precision of MatMulNBits built from QDQ: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8.
+QDQ_MATMULNBITS_ACCURACY_LEVEL = "session.qdq_matmulnbits_accuracy_level"
 
 
 def cpu_threads() -> int:
@@ -49,6 +52,11 @@ def make_session(
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if emulate:
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
+    # The fused path turns DequantizeLinear(weight) + MatMul/Gemm with a float input into
+    # MatMulNBits, whose default accuracy level (4) quantizes that input to int8 on the fly:
+    # noise no plan asked for (weights-only plans, 16-bit activations; measured 300 steps of
+    # a 16-bit output, tests/test_numerics.py). Level 1 keeps the input float32.
+    opts.add_session_config_entry(QDQ_MATMULNBITS_ACCURACY_LEVEL, "1")
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.intra_op_num_threads = threads or cpu_threads()

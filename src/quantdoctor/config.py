@@ -83,6 +83,15 @@ class LetterboxConfig(_Strict):
 class PreprocessConfig(_Strict):
     """What the host does before the accelerator, in this order."""
 
+    exif_orientation: bool = Field(
+        default=True,
+        description=(
+            "Turn images upright by their EXIF orientation tag (PIL.ImageOps.exif_transpose, "
+            "as Ultralytics and OpenCV do): what the camera's user saw and labelled. false "
+            "keeps the stored pixel order, as Image.open(path).convert('RGB') (torchvision's "
+            "ImageFolder) does; use it when the deployed pipeline ignores the tag."
+        ),
+    )
     color: Literal["rgb", "bgr"] = "rgb"
     resize: ResizeConfig | None = None
     center_crop: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] | None = None

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from ..errors import DataError
-from .decode import decode_rgb
+from .decode import UnreadableImageError, apply_pixel_limit, decode_rgb
 from .preprocess import ImageMeta, Preprocessor
 from .sources import BoxLabels, ImageRecord
 
@@ -48,56 +50,71 @@ class ImageSet:
 
 
 Decoded = tuple[np.ndarray, ImageMeta]
+#: Decoded pixels (or the reason a file is unreadable) by file and decoding settings.
+DecodeCache = dict[tuple[Path, str], Decoded | str]
 
 
 def load_images(
     records: Sequence[ImageRecord],
     preprocessor: Preprocessor,
     *,
-    cache: dict[Path, Decoded | str] | None = None,
+    cache: DecodeCache | None = None,
     progress: Callable[[int], None] | None = None,
     workers: int | None = None,
     what: str = "images",
 ) -> ImageSet:
     """Decode + resize each record once (threads; Pillow releases the GIL while decoding).
 
-    ``cache`` maps a path to its decoded pixels (or the error text) so that an image used by
-    two splits is decoded once per run."""
+    ``cache`` maps a file and the decoding settings (EXIF orientation, resize, crop,
+    letterbox) to its pixels (or the reason it cannot be read), so that an image used by two
+    splits is decoded once per run and engines with other settings never share pixels."""
     cache = {} if cache is None else cache
+    settings = preprocessor.geometry_key
+    exif = preprocessor.config.exif_orientation
+    apply_pixel_limit()  # a bad QUANTDOCTOR_MAX_IMAGE_PIXELS is one error, not N failures
 
     def work(path: Path) -> Decoded | str:
         try:
-            return preprocessor.geometry(decode_rgb(path))
-        except Exception as err:  # any decoder failure: the file is listed and skipped
+            return preprocessor.geometry(decode_rgb(path, exif_orientation=exif))
+        except UnreadableImageError as err:
+            return str(err)
+        except Exception as err:  # any other decoder failure: the file is listed and skipped
             return f"{type(err).__name__}: {err}"
 
-    todo = sorted({r.path for r in records if r.path not in cache})
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        for path, result in zip(todo, pool.map(work, todo), strict=False):
-            cache[path] = result
-            if progress:
-                progress(1)
+    todo = sorted({r.path for r in records if (r.path, settings) not in cache})
+    with warnings.catch_warnings():
+        # decode_rgb refuses images above the guard with a reason; Pillow's warning about
+        # them (or, under -W error, its exception in a worker) would only repeat it
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+            for path, result in zip(todo, pool.map(work, todo), strict=False):
+                cache[path, settings] = result
+                if progress:
+                    progress(1)
+    decoded = {r.path: cache[r.path, settings] for r in records}
 
-    ok = [r for r in records if not isinstance(cache[r.path], str)]
-    failures = [(r.path, str(cache[r.path])) for r in records if isinstance(cache[r.path], str)]
+    ok = [r for r in records if not isinstance(decoded[r.path], str)]
+    failures = [
+        (r.path, str(decoded[r.path])) for r in records if isinstance(decoded[r.path], str)
+    ]
     if records and len(failures) > MAX_FAILED_FRACTION * len(records):
         first = failures[0]
         raise DataError(
             f"{len(failures)} of {len(records)} {what} could not be read (e.g. {first[0]}: "
             f"{first[1]}); fix or remove those files"
         )
-    shapes = {cache[r.path][0].shape for r in ok}  # type: ignore[index]
+    shapes = {decoded[r.path][0].shape for r in ok}  # type: ignore[index]
     if len(shapes) > 1:
         raise DataError(
             f"the preprocessing gives {what} of different sizes {sorted(shapes)[:3]}; "
             "set preprocess.resize.size, center_crop or letterbox to get one input size"
         )
-    pixels = np.stack([cache[r.path][0] for r in ok]) if ok else np.zeros((0, 1, 1, 3), np.uint8)  # type: ignore[index]
+    pixels = np.stack([decoded[r.path][0] for r in ok]) if ok else np.zeros((0, 1, 1, 3), np.uint8)  # type: ignore[index]
     labels = (
         np.asarray([r.label for r in ok], dtype=np.int64)
         if ok and all(r.label is not None for r in ok)
         else None
     )
-    metas = [cache[r.path][1] for r in ok]  # type: ignore[index]
+    metas = [decoded[r.path][1] for r in ok]  # type: ignore[index]
     boxes = [r.boxes for r in ok] if ok and all(r.boxes is not None for r in ok) else None
     return ImageSet([r.path for r in ok], pixels, labels, metas, failures, boxes)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ mean, std, layout) is cheap vectorised arithmetic applied per batch.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +64,13 @@ class Preprocessor:
         if c.resize is not None and c.resize.size is not None:
             return c.resize.size
         return None
+
+    @property
+    def geometry_key(self) -> str:
+        """The settings that decide the decoded pixels (:meth:`geometry` and the EXIF
+        orientation): part of the decoded-image cache key."""
+        fields = {"exif_orientation", "resize", "center_crop", "letterbox"}
+        return json.dumps(self.config.model_dump(mode="json", include=fields), sort_keys=True)
 
     def geometry(self, img: Image.Image) -> tuple[np.ndarray, ImageMeta]:
         """Resize / crop / letterbox an RGB image; returns uint8 HxWx3 and its metadata."""

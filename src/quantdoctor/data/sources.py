@@ -9,6 +9,7 @@ line number).
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
+from .decode import oriented_hw
 
 # Extensions Pillow can open; anything else in an image folder is ignored.
 IMAGE_EXTENSIONS = frozenset(
@@ -151,9 +153,15 @@ def read_classification_source(
 _EDGE_TOLERANCE = 0.02
 
 
-def _image_hw(path: Path) -> tuple[int, int]:
-    with Image.open(path) as img:  # reads the header only
-        return img.height, img.width
+def _image_hw(path: Path, exif_orientation: bool) -> tuple[int, int]:
+    """(height, width) as decoded (YOLO boxes are normalised to it), from the header only;
+    (0, 0) for a file that cannot be read, which load_images then lists with its reason."""
+    try:
+        with warnings.catch_warnings():  # oversized images: decode_rgb gives the reason
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return oriented_hw(path, exif_orientation)
+    except Exception:
+        return 0, 0
 
 
 def _read_yolo_file(
@@ -248,9 +256,12 @@ def read_detection_source(
     labels: Path | None,
     class_names_file: Path | None = None,
     num_classes: int | None = None,
+    exif_orientation: bool = True,
 ) -> LabeledSource:
     """Images of ``folder`` with boxes from a folder of YOLO txt files (one per image, same
-    stem; an image without a file has no objects) or a COCO json file."""
+    stem; an image without a file has no objects) or a COCO json file.
+    ``exif_orientation``: whether decoding turns images upright (it swaps the height and
+    width that YOLO boxes are scaled to)."""
     files = list_images(folder)
     class_names = read_class_names(class_names_file) if class_names_file else None
     if labels is None:
@@ -270,7 +281,7 @@ def read_detection_source(
     records, missing, clipped = [], 0, 0
     for f in files:
         txt = labels / f.relative_to(folder).with_suffix(".txt")
-        hw = _image_hw(f)
+        hw = _image_hw(f, exif_orientation)
         if txt.is_file():
             lab, n = _read_yolo_file(txt, hw, limit)
             clipped += n

@@ -15,7 +15,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -34,7 +33,7 @@ from ..data import (
     read_classification_source,
     read_detection_source,
 )
-from ..data.imageset import Decoded
+from ..data.imageset import DecodeCache
 from ..data.sources import ImageRecord, list_images
 from ..errors import ConfigError, DataError, ModelError
 from ..graph import ModelInfo, check_input_matches, clean_model, inspect_model, load_model
@@ -139,7 +138,7 @@ class Engine:
         self.target = target or resolve_target(config.target)
         self.layers: list[LayerInfo] = find_layers(self.float_model, self.target)
         self.batch_size = self.input.fixed_batch or config.batch_size or 16
-        self._decoded: dict[Path, Decoded | str] = {}
+        self._decoded: DecodeCache = {}
         self._splits: dict[str, ImageSet] = {}
         self._class_names: list[str] | None = None
         self.data_notes: list[str] = []
@@ -297,7 +296,10 @@ class Engine:
                     "(data.evaluation.path and labels)"
                 )
             if self.config.task == "detection":
-                labeled = read_detection_source(src.path, src.labels, src.class_names)
+                labeled = read_detection_source(
+                    src.path, src.labels, src.class_names,
+                    exif_orientation=self.config.preprocess.exif_orientation,
+                )
             else:
                 labeled = read_classification_source(src.path, src.labels, src.class_names)
             self._class_names = labeled.class_names

@@ -244,6 +244,7 @@ def test_a_pattern_that_matches_nothing_names_the_closest_layers(engine_with) ->
         {"weights_clipping": {"layers": ["conv_1"], "mode": "mse"}},
         {"quantization_param": {"layers": ["conv_1"], "precision": "a16_w16"}},
         {"bias_correction": {"layers": ["conv_1"]}},
+        {"equalization": {"layers": ["conv_1"]}},
     ):
         with pytest.raises(ConfigError, match=r"'conv_1' matches no .*closest: conv1"):
             engine_with(branchy_net(), [step])

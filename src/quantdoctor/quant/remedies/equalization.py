@@ -9,10 +9,14 @@ A model with no equalizable pair is not an error: the edit is empty and says so.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 
 from ..equalize import equalize
-from .base import FloatModelEdit, Remedy, RemedyBackend, register
+from ..plan import LayerInfo
+from ..target import Target
+from .base import FloatModelEdit, Remedy, RemedyBackend, match_layers, register
+from .bias_correction import correctable
 
 
 @register
@@ -21,8 +25,20 @@ class Equalization(Remedy):
     stage = "float"
     description = "cross-layer equalization (float-equivalent)"
 
+    def _layers(self, layers: Sequence[LayerInfo]) -> list[str] | None:
+        """The node names the ``layers`` patterns select (None: all); a pattern that matches
+        no Conv/Gemm layer is an error, not an equalization that silently changes nothing."""
+        if not self.params.layers:
+            return None
+        return [layer.name for layer in match_layers(
+            self.params.layers, layers, self.where, keep=correctable, what="Conv/Gemm layer"
+        )]
+
+    def validate(self, layers: Sequence[LayerInfo], target: Target) -> None:
+        self._layers(layers)
+
     def apply(self, backend: RemedyBackend) -> FloatModelEdit:
-        result = equalize(backend.float_model, self.params.layers)
+        result = equalize(backend.float_model, self._layers(backend.layers))
         pairs = [asdict(p) for p in result.pairs]
         summary = {
             "pairs": len(pairs),

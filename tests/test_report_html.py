@@ -186,3 +186,96 @@ def test_progress_without_a_terminal_is_plain_lines_for_long_tasks_only() -> Non
     assert lines[0].startswith("decoding images: ") and "%" in lines[0]
     assert lines[-1].startswith("decoding images: done (4/4)")
     assert 2 <= len(lines) <= 5
+
+
+# --- per-layer charts of big models (YOLOX-Nano has 349 layers) ---------------------------
+
+FAR_APART = (3, 170, 340)
+
+
+def _layers(n: int, flagged: tuple[int, ...] = FAR_APART) -> list[dict[str, object]]:
+    """Synthetic layer rows: SNRs 30..69 dB; flagged ones at 8, 9 dB and one IQR outlier at
+    45 dB (above the threshold and above many unflagged layers: shown only because flagged)."""
+    rows: list[dict[str, object]] = []
+    for i in range(n):
+        snr = {0: 8.0, 1: 45.0, 2: 9.0}[flagged.index(i)] if i in flagged else 30.0 + (i * 37) % 40
+        rows.append(
+            {
+                "name": f"/model/backbone/stage{i // 50}/block{i}/conv/Conv",
+                "op_type": "Conv",
+                "alone_snr_min_db": snr,
+                "accumulated_snr_db": snr - 2,
+                "weight_snr_db": {"per_tensor": 40.0 - i % 23, "per_channel": 45.0},
+            }
+        )
+    return rows
+
+
+def _svg_texts(svg: str) -> list[str]:
+    return re.findall(r"<text\b[^>]*>([^<]*)</text>", svg)
+
+
+def test_snr_chart_of_a_big_model_labels_every_flagged_layer() -> None:
+    from quantdoctor.report import plots
+
+    layers = _layers(349)
+    flagged = [str(layers[i]["name"]) for i in FAR_APART]
+    texts = _svg_texts(plots.snr_bars(layers, 10.0, flagged))
+    names = {plots._short(str(r["name"])): r for r in layers}
+    labels = [t for t in texts if t in names]
+    assert len(labels) == len(set(labels)) == plots.MAX_BARS  # one label per bar, all shown
+    for name in flagged:
+        assert plots._short(name) in labels
+    assert labels[0] == plots._short(flagged[0])  # worst first
+    # the rest are the lowest unflagged SNRs: the 45 dB outlier did not push out a 30 dB layer
+    shown = [names[t]["alone_snr_min_db"] for t in labels if names[t]["name"] not in flagged]
+    assert max(shown) <= min(  # type: ignore[type-var]
+        r["alone_snr_min_db"] for t, r in names.items() if t not in labels
+    )
+    assert any(t.startswith(f"{plots.MAX_BARS} of 349 layers shown") for t in texts)
+    # more flagged layers than bars: still MAX_BARS legible bars, and the note says so
+    many = [str(r["name"]) for r in layers[::3]]
+    assert f"the {plots.MAX_BARS} worst of {len(many)} flagged" in plots.snr_note(
+        layers, 10.0, many
+    )
+
+
+def test_snr_chart_of_a_small_model_draws_every_layer_in_graph_order() -> None:
+    from quantdoctor.report import plots
+
+    layers = _layers(40, flagged=(3,))
+    texts = _svg_texts(plots.snr_bars(layers, 10.0, [str(layers[3]["name"])]))
+    short = [plots._short(str(r["name"])) for r in layers]
+    assert [t for t in texts if t in short] == short
+    assert not any("layers shown" in t for t in texts)
+    assert plots.snr_note(layers, 10.0, [str(layers[3]["name"])]) == ""
+
+
+def test_weight_chart_of_a_big_model_labels_every_flagged_layer() -> None:
+    from quantdoctor.report import plots
+
+    layers = _layers(349)
+    flagged = [str(layers[i]["name"]) for i in FAR_APART]  # small losses: only flagged
+    texts = _svg_texts(plots.weight_snr_bars(layers, flagged))
+    labels = {plots._short(str(r["name"])) for r in layers} & set(texts)
+    assert len(labels) == plots.MAX_BARS
+    assert {plots._short(n) for n in flagged} <= labels
+    assert any(t.startswith(f"{plots.MAX_BARS} of 349 layers shown") for t in texts)
+
+
+def test_page_of_a_big_model_keeps_every_layer_in_a_table() -> None:
+    from quantdoctor.report import plots
+
+    layers = _layers(349)
+    flagged = [{"layer": layers[i]["name"], "alone_snr_db": layers[i]["alone_snr_min_db"]}
+               for i in FAR_APART]
+    finding = Finding("layers.low_snr", 4, "warning", "3 layer(s) …", {"flagged": flagged})
+    data = Report(config="x", findings=[finding]).to_dict()
+    data["evidence"] = {"layers": {"layers": layers}}
+    html = render_html(data)
+    assert f"Chart: {plots.MAX_BARS} of 349 layers shown" in html
+    assert 'href="#layer-table"' in html
+    table = html[html.index('<details id="layer-table"') : html.index("<h2>Steps")]
+    assert "All 349 layers (3 flagged" in table
+    assert re.findall(r"<code>([^<]+)</code>", table) == [r["name"] for r in layers]
+    assert table.count('<tr class="flag">') == 3

@@ -66,6 +66,7 @@ def render_html(data: dict[str, Any]) -> str:
         contexts_svg=_plot(plots.context_bars, data.get("contexts")),
         fix_svg=_plot(plots.fix_steps, data.get("fix")) if data.get("fix", {}).get("steps")
         is not None else "",
+        layer_rows=_layer_table(data),
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     )
 
@@ -82,10 +83,15 @@ def _finding_view(f: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     if fid.startswith("pipeline.") and ev.get("variant") is not None:
         hyps = data.get("evidence", {}).get("pipeline", {}).get("hypotheses")
         plots_svg.append(_plot(plots.hypothesis_bars, hyps))
+    notes: list[str] = []
     if fid == "layers.low_snr" and layers.get("layers"):
-        plots_svg.append(_plot(plots.snr_bars, layers["layers"], ev.get("threshold_db", 10.0)))
+        threshold, flagged = ev.get("threshold_db", 10.0), _flagged_names(ev, "flagged")
+        plots_svg.append(_plot(plots.snr_bars, layers["layers"], threshold, flagged))
+        notes.append(_note(plots.snr_note, layers["layers"], threshold, flagged))
     if fid == "layers.weight_range_imbalance" and f["severity"] != "ok" and layers.get("layers"):
-        plots_svg.append(_plot(plots.weight_snr_bars, layers["layers"]))
+        flagged = _flagged_names(ev, "candidates")
+        plots_svg.append(_plot(plots.weight_snr_bars, layers["layers"], flagged))
+        notes.append(_note(plots.weight_note, layers["layers"], flagged))
     # a wide_range "info" still shows its outliers and the clip that did not pay (collapsed)
     if fid == "layers.wide_range" or (fid == "layers.low_snr" and f["severity"] != "ok"):
         plots_svg.extend(_histograms(f, layers))
@@ -96,12 +102,57 @@ def _finding_view(f: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         **f,
         "key": key_number(f),
         "plots": [p for p in plots_svg if p],
+        "chart_notes": [n for n in notes if n],
         "thumbnails": thumbs,
         "scalars": {k: v for k, v in ev.items() if not isinstance(v, (dict, list))},
         "nested": {k: v for k, v in ev.items() if isinstance(v, (dict, list)) and v},
         "recipe_yaml": "recipe:\n" + "\n".join(f"  - {r}" for r in commands) if commands else "",
         "config_lines": [r for r in f.get("recipe", []) if r.startswith(CONFIG_KEYS)],
     }
+
+
+def _flagged_names(ev: dict[str, Any], key: str) -> list[str]:
+    """Layer names of a finding's flagged rows (``{"layer": name, ...}``)."""
+    return [str(r["layer"]) for r in ev.get(key, []) if isinstance(r, dict) and "layer" in r]
+
+
+def _note(fn: Callable[..., str], *args: Any) -> str:
+    """Said on the page above a per-layer chart that shows a selection; "" otherwise."""
+    try:
+        text = fn(*args)
+    except Exception:  # odd evidence: the chart is skipped too (see _plot), so is its note
+        return ""
+    return f"Chart: {text}" if text else ""
+
+
+def _layer_table(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every layer of the per-layer analysis, in graph order, for the page's full table
+    (the charts of big models show only a selection): what each layer finding flagged."""
+    layers = data.get("evidence", {}).get("layers", {}).get("layers") or []
+    marks: dict[str, list[str]] = {}
+    for f in data.get("findings", []):
+        if f.get("id") == "layers.low_snr":
+            for name in _flagged_names(f.get("evidence", {}), "flagged"):
+                marks.setdefault(name, []).append("low SNR")
+        elif f.get("id") == "layers.weight_range_imbalance" and f.get("severity") != "ok":
+            for name in _flagged_names(f.get("evidence", {}), "candidates"):
+                marks.setdefault(name, []).append("weight ranges")
+    rows = []
+    for i, r in enumerate(layers):
+        if not isinstance(r, dict) or "name" not in r:
+            continue
+        w = r.get("weight_snr_db") or {}
+        rows.append({
+            "index": i,
+            "name": str(r["name"]),
+            "op_type": r.get("op_type", ""),
+            "alone": r.get("alone_snr_min_db"),
+            "accumulated": r.get("accumulated_snr_db"),
+            "per_tensor": w.get("per_tensor") if isinstance(w, dict) else None,
+            "per_channel": w.get("per_channel") if isinstance(w, dict) else None,
+            "flags": marks.get(str(r["name"]), []),
+        })
+    return rows
 
 
 def _anchored(views: list[dict[str, Any]]) -> list[dict[str, Any]]:

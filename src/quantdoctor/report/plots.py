@@ -149,79 +149,236 @@ def hypothesis_bars(hypotheses: Sequence[dict[str, Any]]) -> str:
     return _svg(fig)
 
 
-@_with_rc
-def snr_bars(layers: Sequence[dict[str, Any]], threshold_db: float = LOW_SNR_DB) -> str:
-    """Per layer (graph order): output SNR with only that layer quantized (bars; red at or
-    below the threshold) and on-layer SNR with everything quantized (dots)."""
-    names = [str(r["name"]) for r in layers]
-    alone = np.array(
-        [np.nan if r.get("alone_snr_min_db") is None else r["alone_snr_min_db"] for r in layers],
-        dtype=float,
+#: Per-layer charts of bigger models show a selection, each bar labelled: 60 labels at 7 pt
+#: fit the page's width without shrinking (YOLOX-Nano has 349 layers; all 349 would be drawn
+#: at 5.7 px). The page's table lists every layer.
+MAX_BARS = 60
+
+
+def select_bars(
+    badness: Sequence[float | None], flagged: Sequence[bool], max_bars: int = MAX_BARS
+) -> list[int]:
+    """Indices of the bars a per-layer chart draws. Up to ``max_bars`` rows: all of them in
+    graph order. Beyond: every flagged row (the worst ``max_bars`` if more are flagged), then
+    the rows with the lowest ``badness`` (unknowns last) up to ``max_bars``, worst first.
+
+    >>> select_bars([5, 1, None, 3], [False, False, False, True], max_bars=2)
+    [1, 3]
+    """
+    n = len(badness)
+    if n <= max_bars:
+        return list(range(n))
+    key = [np.inf if b is None or np.isnan(b) else float(b) for b in badness]
+    order = sorted(range(n), key=lambda i: (key[i], i))
+    picked = set([i for i in order if flagged[i]][:max_bars])
+    rest = [i for i in order if i not in picked and np.isfinite(key[i])]
+    picked.update(rest[: max(0, max_bars - len(picked))])
+    return [i for i in order if i in picked]
+
+
+def _selection_note(idx: Sequence[int], hit: Sequence[bool], order: str) -> str:
+    """What a per-layer chart left out, in words; "" when it shows every layer."""
+    if len(idx) >= len(hit):
+        return ""
+    n_flagged, shown_flagged = sum(hit), sum(hit[i] for i in idx)
+    flagged = (
+        "every flagged one in red"
+        if shown_flagged == n_flagged
+        else f"the {shown_flagged} worst of {n_flagged} flagged in red"
     )
+    return f"{len(idx)} of {len(hit)} layers shown ({order}, {flagged}); all in the table below"
+
+
+def _layer_axis(
+    ax: Any, names: Sequence[str], flagged: Sequence[bool], selected: bool
+) -> None:
+    """Tick labels for a per-layer chart: every bar labelled, flagged ones in red. Only an
+    unselected chart of more than MAX_BARS layers (called directly) thins them out."""
+    x = np.arange(len(names))
+    step = 1 if selected else max(1, len(names) // MAX_BARS)
+    ax.set_xticks(x[::step], [_short(n) for n in names[::step]], rotation=90,
+                  fontsize=7 if selected else 6)
+    for label, hit in zip(ax.get_xticklabels(), flagged[::step], strict=True):
+        if hit:
+            label.set_color(_RED)
+    ax.set_xlim(-0.7, len(names) - 0.3)
+
+
+def _chart_width(bars: int, selected: bool = False) -> float:
+    # a selection labels every bar: wider spacing, and at most 11 inches, the page's width
+    return min(max(6.4, (0.15 if selected else 0.12) * bars + 2), 11 if selected else 16)
+
+
+@_with_rc
+def snr_bars(
+    layers: Sequence[dict[str, Any]],
+    threshold_db: float = LOW_SNR_DB,
+    flagged: Sequence[str] | None = None,
+    max_bars: int = MAX_BARS,
+) -> str:
+    """Per layer: output SNR with only that layer quantized (bars; flagged ones red) and
+    on-layer SNR with everything quantized (dots). ``flagged``: the layer names that
+    ``layers.low_snr`` flagged (default: those at or below the threshold).
+
+    Up to ``max_bars`` layers: all, in graph order. More: the worst layers by that SNR and
+    every flagged one, worst first, each labelled, with a note saying how many are shown."""
+    alone_all = [r.get("alone_snr_min_db") for r in layers]
+    idx, hit_all = _snr_pick(layers, threshold_db, flagged, max_bars)
+    selected = len(idx) < len(layers)
+    rows = [layers[i] for i in idx]
+    hit = [hit_all[i] for i in idx]
+    names = [str(r["name"]) for r in rows]
+    alone = np.array([np.nan if alone_all[i] is None else alone_all[i] for i in idx], dtype=float)
     acc = np.array(
         [
             np.nan if r.get("accumulated_snr_db") is None else r["accumulated_snr_db"]
-            for r in layers
+            for r in rows
         ],
         dtype=float,
     )
     shown = np.minimum(alone, SNR_CAP_DB)
-    width = min(max(6.4, 0.12 * len(names) + 2), 16)
-    fig = _figure(width, 3.4)
+    # rotated full labels need room below the axes when every bar is labelled
+    fig = _figure(_chart_width(len(names), selected), 4.2 if selected else 3.4)
     ax = fig.add_subplot()
     x = np.arange(len(names))
-    colors = [_RED if v <= threshold_db else _BLUE for v in np.nan_to_num(alone, nan=np.inf)]
-    ax.bar(x, np.nan_to_num(shown), color=colors, width=0.8, label="only this layer quantized")
-    ax.plot(
-        x,
-        np.minimum(acc, SNR_CAP_DB),
-        "o",
-        ms=2.5,
-        color=_ORANGE,
-        label="on-layer, everything quantized",
-    )
+    colors = [_RED if h else _BLUE for h in hit]
+    ax.bar(x, np.nan_to_num(shown), color=colors, width=0.8)
+    ax.plot(x, np.minimum(acc, SNR_CAP_DB), "o", ms=2.5, color=_ORANGE)
     ax.axhline(threshold_db, color=_RED, ls="--", lw=1)
-    # the label sits in the left margin, where no bar can hide it
+    # the label sits in the right margin, where no bar can hide it (the left one has ticks)
     ax.annotate(
         f"{threshold_db:.0f} dB",
-        (0, threshold_db),
+        (1, threshold_db),
         xycoords=("axes fraction", "data"),
-        xytext=(-4, 0),
+        xytext=(3, 0),
         textcoords="offset points",
         color=_RED,
-        ha="right",
+        ha="left",
         va="center",
         fontsize=7,
     )
     ax.set_ylabel(f"output SNR (dB, capped at {SNR_CAP_DB:.0f})", labelpad=14)
     ax.set_ylim(0, SNR_CAP_DB * 1.05)
-    step = max(1, len(names) // 60)  # readable tick labels on big models
-    ax.set_xticks(x[::step], [_short(n) for n in names[::step]], rotation=90, fontsize=6)
-    ax.set_xlim(-0.7, len(names) - 0.3)
-    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncols=2, fontsize=7, frameon=False)
+    _layer_axis(ax, names, hit, selected)
+    if selected:
+        ax.set_xlabel(_selection_note(idx, hit_all, _SNR_ORDER), fontsize=7)
+    # explicit handles: the first bar's colour (red when flagged) must not colour the legend
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [
+        Patch(color=_BLUE, label="only this layer quantized"),
+        Patch(color=_RED, label="flagged (layers.low_snr)"),
+        Line2D([], [], ls="none", marker="o", ms=2.5, color=_ORANGE,
+               label="on-layer, everything quantized"),
+    ]
+    ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.0), ncols=3, fontsize=7,
+              frameon=False)
     return _svg(fig)
 
 
 @_with_rc
-def weight_snr_bars(layers: Sequence[dict[str, Any]]) -> str:
+def weight_snr_bars(
+    layers: Sequence[dict[str, Any]],
+    flagged: Sequence[str] | None = None,
+    max_bars: int = MAX_BARS,
+) -> str:
     """Per layer with weights: weight SNR with per-tensor against per-channel ranges (the
-    depthwise failure: per-tensor far below per-channel)."""
-    rows = [r for r in layers if r.get("weight_snr_db")]
+    depthwise failure: per-tensor far below per-channel). ``flagged``: the layer names that
+    ``layers.weight_range_imbalance`` examined (red labels).
+
+    Up to ``max_bars`` layers: all, in graph order. More: the largest per-tensor losses and
+    every flagged layer, largest loss first, each labelled, with a note."""
+    rows_all = _weight_rows(layers)
+    idx, hit_all = _weight_pick(layers, flagged, max_bars)
+    selected = len(idx) < len(rows_all)
+    rows = [rows_all[i] for i in idx]
     names = [str(r["name"]) for r in rows]
-    per_tensor = np.array([r["weight_snr_db"]["per_tensor"] for r in rows], dtype=float)
-    per_channel = np.array([r["weight_snr_db"]["per_channel"] for r in rows], dtype=float)
-    width = min(max(6.4, 0.12 * len(names) + 2), 16)
-    fig = _figure(width, 3.2)
+    per_tensor = np.array([_num(r["weight_snr_db"]["per_tensor"]) for r in rows], dtype=float)
+    per_channel = np.array([_num(r["weight_snr_db"]["per_channel"]) for r in rows], dtype=float)
+    fig = _figure(_chart_width(len(names), selected), 4.0 if selected else 3.2)
     ax = fig.add_subplot()
     x = np.arange(len(names))
     ax.bar(x, np.minimum(per_channel, SNR_CAP_DB), width=0.8, color=_GREY, label="per-channel")
     ax.bar(x, np.minimum(per_tensor, SNR_CAP_DB), width=0.5, color=_BLUE, label="per-tensor")
     ax.set_ylabel("weight SNR (dB)")
-    step = max(1, len(names) // 60)
-    ax.set_xticks(x[::step], [_short(n) for n in names[::step]], rotation=90, fontsize=6)
-    ax.set_xlim(-0.7, len(names) - 0.3)
+    _layer_axis(ax, names, [hit_all[i] for i in idx], selected)
+    if selected:
+        ax.set_xlabel(_selection_note(idx, hit_all, _WEIGHT_ORDER), fontsize=7)
     ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncols=2, fontsize=7, frameon=False)
     return _svg(fig)
+
+
+_SNR_ORDER = "lowest only-this-layer SNR first"
+_WEIGHT_ORDER = "largest loss of per-tensor against per-channel first"
+
+
+def snr_note(
+    layers: Sequence[dict[str, Any]],
+    threshold_db: float = LOW_SNR_DB,
+    flagged: Sequence[str] | None = None,
+    max_bars: int = MAX_BARS,
+) -> str:
+    """What ``snr_bars`` with the same arguments leaves out ("" when it shows every layer)."""
+    return _selection_note(*_snr_pick(layers, threshold_db, flagged, max_bars), _SNR_ORDER)
+
+
+def weight_note(
+    layers: Sequence[dict[str, Any]],
+    flagged: Sequence[str] | None = None,
+    max_bars: int = MAX_BARS,
+) -> str:
+    """What ``weight_snr_bars`` with the same arguments leaves out ("" when it shows all)."""
+    return _selection_note(*_weight_pick(layers, flagged, max_bars), _WEIGHT_ORDER)
+
+
+def _snr_pick(
+    layers: Sequence[dict[str, Any]],
+    threshold_db: float,
+    flagged: Sequence[str] | None,
+    max_bars: int,
+) -> tuple[list[int], list[bool]]:
+    """(indices of the bars drawn, flagged or not for every layer)."""
+    hit = _snr_flags(layers, threshold_db, flagged)
+    return select_bars([r.get("alone_snr_min_db") for r in layers], hit, max_bars), hit
+
+
+def _weight_rows(layers: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in layers if r.get("weight_snr_db")]
+
+
+def _weight_pick(
+    layers: Sequence[dict[str, Any]], flagged: Sequence[str] | None, max_bars: int
+) -> tuple[list[int], list[bool]]:
+    """(indices into the layers with weights of the bars drawn, flagged or not for each)."""
+    rows = _weight_rows(layers)
+    hit = _flags(rows, flagged or [])
+    loss = [_loss(r["weight_snr_db"]) for r in rows]
+    return select_bars([None if v is None else -v for v in loss], hit, max_bars), hit
+
+
+def _snr_flags(
+    layers: Sequence[dict[str, Any]], threshold_db: float, flagged: Sequence[str] | None
+) -> list[bool]:
+    if flagged is not None:
+        return _flags(layers, flagged)
+    alone = [r.get("alone_snr_min_db") for r in layers]
+    return [v is not None and v <= threshold_db for v in alone]
+
+
+def _flags(rows: Sequence[dict[str, Any]], flagged: Sequence[str]) -> list[bool]:
+    names = set(map(str, flagged))
+    return [str(r["name"]) in names for r in rows]
+
+
+def _num(v: Any) -> float:
+    return np.nan if v is None else float(v)
+
+
+def _loss(w: dict[str, Any]) -> float | None:
+    """dB of weight SNR lost to one shared scale (per-channel minus per-tensor)."""
+    pt, pc = w.get("per_tensor"), w.get("per_channel")
+    return None if pt is None or pc is None else float(pc) - float(pt)
 
 
 @_with_rc
@@ -303,8 +460,11 @@ def _short(name: str, n: int = 28) -> str:
 __all__ = [
     "context_bars",
     "hypothesis_bars",
+    "select_bars",
     "snr_bars",
+    "snr_note",
     "tensor_histogram",
     "value_scatter",
+    "weight_note",
     "weight_snr_bars",
 ]

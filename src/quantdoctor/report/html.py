@@ -19,9 +19,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..files import write_atomic
 from . import plots
 from .checklist import checklist, key_number, num
-from .findings import Report, write_atomic
+from .findings import Report
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,12 @@ Precision = Literal["a8_w8", "a16_w16", "a8_w4", "a16_w8"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no .inf/.nan anywhere: each would validate and then run into garbage or a crash
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+#: a std this small becomes 0 in float32 (the model's arithmetic): refused like 0
+_TINY_STD = 1e-30
 
 
 def _pair(value: Any) -> Any:
@@ -120,8 +125,8 @@ class PreprocessConfig(_Strict):
     @field_validator("std")
     @classmethod
     def _nonzero(cls, value: list[float] | None) -> list[float] | None:
-        if value is not None and any(v == 0 for v in value):
-            raise ValueError("std must not contain 0")
+        if value is not None and any(abs(v) < _TINY_STD for v in value):
+            raise ValueError(f"std must not contain 0 (nor values under {_TINY_STD:g})")
         return value
 
     @model_validator(mode="after")
@@ -207,8 +212,8 @@ class NormalizationCommand(_Strict):
     @field_validator("std")
     @classmethod
     def _nonzero(cls, value: list[float]) -> list[float]:
-        if any(v == 0 for v in value):
-            raise ValueError("std must not contain 0")
+        if any(abs(v) < _TINY_STD for v in value):
+            raise ValueError(f"std must not contain 0 (nor values under {_TINY_STD:g})")
         return value
 
 
@@ -413,7 +418,7 @@ class DoctorConfig(_Strict):
     recipe: list[RecipeStep] = Field(default_factory=list)
     report: ReportConfig = ReportConfig()
     max_drop: float = Field(default=1.0, ge=0)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     batch_size: int | None = Field(default=None, gt=0)
     source: Path | None = Field(default=None, exclude=True)
 

@@ -30,7 +30,7 @@ import quantdoctor
 from quantdoctor.checks.evaluation import compare, score_context
 from quantdoctor.config import TargetConfig
 from quantdoctor.engine import Engine
-from quantdoctor.engine.subgraph import snr_db
+from quantdoctor.stats import snr_db
 from quantdoctor.tasks import make_native_task, make_task
 
 VARIANTS: dict[str, list[dict]] = {

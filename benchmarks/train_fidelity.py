@@ -27,7 +27,7 @@ from quantdoctor.checks.evaluation import compare, score_context
 from quantdoctor.config import TargetConfig
 from quantdoctor.engine import Engine
 from quantdoctor.engine.runner import OrtRunner
-from quantdoctor.engine.subgraph import snr_db
+from quantdoctor.stats import snr_db
 from quantdoctor.tasks import make_task
 from quantdoctor.train import from_torch, to_torch
 from quantdoctor.train.convert import run_module

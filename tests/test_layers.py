@@ -20,7 +20,6 @@ from quantdoctor.checks import layer_graph as lg
 from quantdoctor.checks.layer_stats import (
     TensorStats,
     best_clip,
-    db,
     estimated_snr,
     qdq,
     weight_range_stats,
@@ -30,6 +29,7 @@ from quantdoctor.config import TargetConfig
 from quantdoctor.engine import Engine
 from quantdoctor.engine.subgraph import ChunkedModel, LayerSweep, Variant, literal
 from quantdoctor.quant import PROFILES, QuantScheme
+from quantdoctor.stats import snr_db
 from quantdoctor.tasks import make_task
 
 from .conftest import REPO, SHARED_DATA
@@ -238,7 +238,7 @@ def engine_for(digits_config, tmp_path):  # type: ignore[no-untyped-def]
 
 def _snr(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], name: str) -> float:
     r = ref[name].astype(np.float64)
-    return db(float((r**2).sum()), float(((got[name] - r) ** 2).sum()))
+    return snr_db(float((r**2).sum()), float(((got[name] - r) ** 2).sum()))
 
 
 # --- the chunked sweep -------------------------------------------------------------------------
@@ -483,7 +483,7 @@ def test_estimated_snr_and_clip_choice_against_exact_quantization() -> None:
     power = float((x.astype(np.float64) ** 2).sum())
 
     def exact(lo: float, hi: float) -> float:
-        return db(power, float(((qdq(x, lo, hi, u8) - x) ** 2).sum()))
+        return snr_db(power, float(((qdq(x, lo, hi, u8) - x) ** 2).sum()))
 
     assert full.snr_db == pytest.approx(exact(acc.lo, acc.hi), abs=0.3)
     assert best.snr_db == pytest.approx(exact(best.lo, best.hi), abs=0.3)

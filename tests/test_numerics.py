@@ -653,3 +653,83 @@ def test_percentile_of_a_constant_tensor_is_the_constant(value: float) -> None:
     for p in (99.99, 99.0):
         assert calibrate(lambda: data, ["t"], "percentile", p)["t"] == (value, value)
         assert clip_range(x, "percentile", [100 - p, p], None) == (value, value)
+
+
+# --- one SNR, one convention ---------------------------------------------------------------
+def test_snr_db_known_values_and_its_caps() -> None:
+    from quantdoctor.stats import MAX_SNR_DB, snr_db
+
+    assert snr_db(100.0, 1.0) == 20.0
+    assert snr_db(1.0, 100.0) == -20.0
+    assert snr_db(2.0, 1.0) == pytest.approx(3.0103, abs=1e-4)
+    assert isinstance(snr_db(100.0, 1.0), float)
+    # no noise: the cap, finite (JSON has no Infinity), even for two all-zero tensors
+    assert snr_db(5.0, 0.0) == MAX_SNR_DB and snr_db(0.0, 0.0) == MAX_SNR_DB
+    # noise without signal: minus the cap
+    assert snr_db(0.0, 3.0) == -MAX_SNR_DB
+    # every value within the caps
+    assert snr_db(1e300, 1e-300) == MAX_SNR_DB and snr_db(1e-300, 1e300) == -MAX_SNR_DB
+    got = snr_db(np.array([100.0, 1.0, 5.0, 0.0, 0.0]), np.array([1.0, 100.0, 0.0, 0.0, 3.0]))
+    assert isinstance(got, np.ndarray)
+    assert got.tolist() == [20.0, -20.0, MAX_SNR_DB, MAX_SNR_DB, -MAX_SNR_DB]
+
+
+def test_snr_db_between_arrays() -> None:
+    from quantdoctor.stats import MAX_SNR_DB, snr_db_between
+
+    ref = np.full((4, 25), 10.0, np.float32)  # signal 100 * 100
+    assert snr_db_between(ref, ref + 1) == pytest.approx(20.0, abs=1e-12)  # noise 100
+    assert snr_db_between(ref, ref) == MAX_SNR_DB
+    assert snr_db_between(np.zeros(3), np.ones(3)) == -MAX_SNR_DB
+
+
+def test_every_snr_of_the_checks_and_engine_follows_the_convention() -> None:
+    """The layer statistics, the calibration coverage, the engine's per-layer noise and the
+    fp_optimized check share one function; an exact tensor gives the cap, never inf or NaN
+    (the coverage's clipping cost was inf - inf = NaN for values exactly on the grid)."""
+    from quantdoctor.checks import calibration_stats as cs
+    from quantdoctor.checks import layer_stats, layers, pipeline
+    from quantdoctor.engine import subgraph
+    from quantdoctor.stats import MAX_SNR_DB, snr_db
+
+    for module in (layer_stats, layers, subgraph):
+        assert module.snr_db is snr_db
+    assert pipeline.snr_db_between.__module__ == "quantdoctor.stats"
+    assert subgraph.MAX_SNR_DB == MAX_SNR_DB
+
+    on_grid = np.arange(0, 256, dtype=np.float32) * np.float32(2 / 255)  # exactly the levels
+    acc = cs.CoverageAccumulator(0.0, 2.0, PROFILES["hailo8"].activations, stride=1)
+    acc.add(on_grid)
+    summary = acc.summary()
+    assert summary["snr_db"] == MAX_SNR_DB and summary["snr_without_clipping_db"] == MAX_SNR_DB
+    assert summary["clipping_cost_db"] == 0.0
+
+    noise = subgraph.OutputNoise(["y"])
+    ref = np.array([[1.0, 2.0], [0.0, 0.0], [3.0, 4.0]], np.float32)
+    noise.add("y", ref, ref + np.array([[0.1, 0.0], [0.5, 0.0], [0.0, 0.0]], np.float32))
+    per_image = noise.per_image_snr_db("y")  # noise; noise without signal; no noise
+    assert per_image[0] == pytest.approx(10 * np.log10(5 / 0.01), abs=1e-5)
+    assert per_image[1:].tolist() == [-MAX_SNR_DB, MAX_SNR_DB]
+    assert noise.snr_db()["y"] == pytest.approx(10 * np.log10(30 / 0.26), abs=1e-5)
+
+
+def test_findings_json_holds_no_infinity_or_nan(digits_config, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A whole diagnosis (a folded normalization too, so that fp_optimized is its own model)
+    writes strict JSON: Infinity and NaN are not JSON."""
+    import json
+
+    import quantdoctor
+
+    recipe = [
+        {"normalization": {"mean": [0, 0, 0], "std": [1, 1, 1]}},
+        {"calibration": {"method": "minmax", "size": 64}},
+    ]
+    config = quantdoctor.load_config(digits_config(recipe=recipe))
+    quantdoctor.diagnose(config, report_dir=tmp_path / "report")
+    text = (tmp_path / "report" / "findings.json").read_text()
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"findings.json holds {constant}")
+
+    findings = json.loads(text, parse_constant=refuse)
+    assert findings["findings"] and "native" in findings["contexts"]

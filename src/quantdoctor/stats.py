@@ -1,4 +1,5 @@
-"""Confidence intervals and paired tests over per-image results (seeded, reproducible).
+"""Confidence intervals and paired tests over per-image results (seeded, reproducible), and
+the one signal-to-noise ratio (:func:`snr_db`) of checks, engine and remedies.
 
 >>> a = np.array([1.0] * 90 + [0.0] * 10)
 >>> lo, hi = bootstrap_ci(a)
@@ -10,11 +11,48 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 from scipy import stats as sps
 
 N_BOOTSTRAP = 2000
+
+#: The SNR (dB) of a difference with no measurable noise, and the bound of every SNR: beyond
+#: it a difference is float round-off. Finite, so that findings.json (JSON has no Infinity)
+#: always holds a number.
+MAX_SNR_DB = 200.0
+
+
+@overload
+def snr_db(signal: float, noise: float) -> float: ...
+@overload
+def snr_db(signal: np.ndarray, noise: np.ndarray) -> np.ndarray: ...
+def snr_db(signal: float | np.ndarray, noise: float | np.ndarray) -> float | np.ndarray:
+    """Signal-to-noise ratio ``10·log10(signal / noise)`` in dB of powers (sums or means of
+    squares), clamped to ``[-MAX_SNR_DB, MAX_SNR_DB]``: no noise (``noise <= 0``) gives
+    :data:`MAX_SNR_DB` (identical tensors, even all-zero ones), noise without signal
+    (``signal <= 0 < noise``) gives ``-MAX_SNR_DB``; NaN stays NaN (a broken output is
+    not hidden). Arrays: element-wise.
+
+    >>> snr_db(100.0, 1.0), snr_db(5.0, 0.0), snr_db(0.0, 1.0)
+    (20.0, 200.0, -200.0)
+    """
+    s = np.asarray(signal, dtype=np.float64)
+    n = np.asarray(noise, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        db = 10.0 * np.log10(s / n)
+    db = np.where(n <= 0, MAX_SNR_DB, np.where(s <= 0, -MAX_SNR_DB, db))
+    db = np.clip(db, -MAX_SNR_DB, MAX_SNR_DB)
+    return float(db) if db.ndim == 0 else db
+
+
+def snr_db_between(reference: np.ndarray, test: np.ndarray) -> float:
+    """:func:`snr_db` of ``test`` against ``reference`` over all their values (float64 sums):
+    ``Σ reference² / Σ (test - reference)²``."""
+    r = np.asarray(reference, dtype=np.float64)
+    d = np.asarray(test, dtype=np.float64) - r
+    return snr_db(float(np.vdot(r, r)), float(np.vdot(d, d)))
 
 
 def _indices(n: int, n_boot: int, seed: int) -> np.ndarray:

@@ -20,6 +20,7 @@ from scipy import stats as sps
 
 from ..quant.encodings import activation_params
 from ..quant.target import QuantScheme
+from ..stats import snr_db
 
 #: Images per chunk in the per-image statistics: bounds the float copies they make.
 CHUNK = 64
@@ -342,8 +343,8 @@ class CoverageAccumulator:
         """Fractions outside the range, SNR with and without the clipping (dB) and how much
         wider the calibrated range is than the evaluation values need."""
         n = max(self.count, 1)
-        snr = _db(self.signal, self.clip_noise + self.round_noise)
-        snr_unclipped = _db(self.signal, self.round_noise)
+        snr = snr_db(self.signal, self.clip_noise + self.round_noise)
+        snr_unclipped = snr_db(self.signal, self.round_noise)
         eval_width = max(self.eval_max, 0.0) - min(self.eval_min, 0.0) if self.count else 0.0
         cal_width = self.q_hi - self.q_lo
         return {
@@ -358,11 +359,3 @@ class CoverageAccumulator:
             "clipping_cost_db": snr_unclipped - snr,
             "range_ratio": cal_width / eval_width if eval_width > 0 else float("inf"),
         }
-
-
-def _db(signal: float, noise: float) -> float:
-    if noise <= 0:
-        return float("inf")
-    if signal <= 0:
-        return float("-inf")
-    return float(10.0 * np.log10(signal / noise))

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..quant import QuantScheme
 from ..quant.encodings import activation_params, quantize, weight_params
+from ..stats import snr_db
 
 #: Fine histogram bins over a tensor's calibrated range (clipping search, percentiles).
 FINE_BINS = 2048
@@ -58,15 +59,6 @@ def sum_sq(x: np.ndarray) -> float:
     """Σ x² of a float32 array without a float64 copy (row-wise float32, then float64)."""
     rows = _rows(np.ascontiguousarray(x, dtype=np.float32))
     return float(np.einsum("ij,ij->i", rows, rows).astype(np.float64).sum())
-
-
-def db(signal: float, noise: float, cap: float = 200.0) -> float:
-    """10·log10(signal / noise), capped (no measurable noise)."""
-    if noise <= 0:
-        return cap
-    if signal <= 0:
-        return -cap
-    return float(min(10 * math.log10(signal / noise), cap))
 
 
 def qdq(x: np.ndarray, lo: float, hi: float, scheme: QuantScheme) -> np.ndarray:
@@ -267,7 +259,7 @@ def estimated_snr(stats: TensorStats, lo: float, hi: float, scheme: QuantScheme)
         if lo_mse < 0:
             lo_mse = (float((n * err_lo).sum()) + edge[1]) / sampled
     power = stats.total_sq / count
-    return db(power, hi_mse + lo_mse + round_mse)
+    return snr_db(power, hi_mse + lo_mse + round_mse)
 
 
 def tail_range(stats: TensorStats, tail: float) -> tuple[float, float]:
@@ -326,8 +318,8 @@ def weight_range_stats(w: np.ndarray, axis: int | None, scheme: QuantScheme) -> 
     levels = amax / float(pt_scale)  # quantization steps each channel spans under per-tensor
     live = amax > 0
     median = float(np.median(amax[live])) if live.any() else 0.0
-    channel_snr = [db(float(p), float(e)) for p, e in zip(ch_power, err_pt, strict=True)]
-    channel_snr_pc = [db(float(p), float(e)) for p, e in zip(ch_power, err_pc, strict=True)]
+    channel_snr = [snr_db(float(p), float(e)) for p, e in zip(ch_power, err_pt, strict=True)]
+    channel_snr_pc = [snr_db(float(p), float(e)) for p, e in zip(ch_power, err_pc, strict=True)]
     # what the typical channel loses to the shared scale (the whole-tensor SNR is dominated
     # by the large channels and hides the small ones)
     loss = np.array(channel_snr_pc)[live] - np.array(channel_snr)[live]
@@ -337,8 +329,8 @@ def weight_range_stats(w: np.ndarray, axis: int | None, scheme: QuantScheme) -> 
         "max_over_median": float(amax.max() / median) if median > 0 else None,
         "channel_levels_per_tensor": levels.tolist(),
         "channels_below_16_levels": int(np.count_nonzero(live & (levels < 16))),
-        "snr_per_tensor_db": db(power, float(np.square(w - q_pt).sum())),
-        "snr_per_channel_db": db(power, float(np.square(w - q_pc).sum())),
+        "snr_per_tensor_db": snr_db(power, float(np.square(w - q_pt).sum())),
+        "snr_per_channel_db": snr_db(power, float(np.square(w - q_pc).sum())),
         "channel_snr_per_tensor_db": channel_snr,
         "median_channel_snr_per_tensor_db": float(np.median(channel_snr)),
         "median_channel_snr_per_channel_db": float(np.median(channel_snr_pc)),

@@ -57,13 +57,13 @@ from ..engine.subgraph import LayerSweep, OutputNoise, Variant
 from ..progress import StepTimer
 from ..quant import LayerInfo, QuantPlan, Ranges
 from ..report import Finding, to_json_types
+from ..stats import snr_db
 from ..tasks import Task, TaskScores
 from . import layer_findings as lf
 from . import layer_graph as lg
 from .evaluation import compare, score_context
 from .layer_stats import (
     TensorStats,
-    db,
     qdq,
     sum_sq,
 )
@@ -321,7 +321,7 @@ class LayerAnalysis:
         out = {}
         for name in self.sweep.outputs:
             r = ref[name].astype(np.float64)
-            out[name] = db(float((r**2).sum()), float(((got[name] - r) ** 2).sum()))
+            out[name] = snr_db(float((r**2).sum()), float(((got[name] - r) ** 2).sum()))
         return out
 
     @staticmethod
@@ -429,9 +429,12 @@ class LayerAnalysis:
                         leaf_sums[leaf][2] += sum_sq(qdq(v, *shared, scheme) - v)
             for name, (s, n) in sums.items():
                 if s > 0 or n > 0:
-                    self.accumulated[name] = db(s, n)
+                    self.accumulated[name] = snr_db(s, n)
             for leaf, (p, own, shared) in leaf_sums.items():
-                self.leaf_snr[leaf] = {"own_range_db": db(p, own), "shared_range_db": db(p, shared)}
+                self.leaf_snr[leaf] = {
+                    "own_range_db": snr_db(p, own),
+                    "shared_range_db": snr_db(p, shared),
+                }
 
     def _joint_ranges(self) -> dict[str, tuple[tuple[float, float], tuple[float, float], Any]]:
         """Per Concat part: (its own range, the range of the output it is quantized in, the

@@ -17,7 +17,7 @@ from ..config import NormalizationCommand
 from ..engine import Engine, InputVariant
 from ..graph.inspect import output_activations
 from ..report import Finding
-from ..stats import bootstrap_ci, holm
+from ..stats import bootstrap_ci, holm, snr_db_between
 from ..tasks import Task, make_task
 from .evaluation import compare
 
@@ -409,12 +409,6 @@ def output_activation_check(engine: Engine, task: Task, split: str, seed: int) -
 # --- native vs fp_optimized, end-node cut ------------------------------------------------------
 
 
-def _snr_db(a: np.ndarray, b: np.ndarray) -> float:
-    noise = float(((a.astype(np.float64) - b) ** 2).sum())
-    signal = float((a.astype(np.float64) ** 2).sum())
-    return float("inf") if noise == 0 else 10 * np.log10(max(signal, 1e-30) / noise)
-
-
 def fp_optimized_check(
     engine: Engine, task: Task, native_task: Task | None, split: str, seed: int
 ) -> list[Finding]:
@@ -424,7 +418,7 @@ def fp_optimized_check(
     native_out = engine.outputs("native", split)
     fp_out = engine.outputs("fp_optimized", split)
     snr = {
-        name: _snr_db(native_out[name], fp_out[name])
+        name: snr_db_between(native_out[name], fp_out[name])
         for name in fp_out
         if name in native_out and native_out[name].shape == fp_out[name].shape
     }

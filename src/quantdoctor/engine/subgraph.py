@@ -36,13 +36,12 @@ from onnx import TensorProto, helper, numpy_helper
 from ..data import ImageSet
 from ..errors import ModelError
 from ..quant import LayerInfo, QuantPlan, Ranges, build_qdq
+from ..stats import MAX_SNR_DB, snr_db
 from .sessions import make_session
 
 if TYPE_CHECKING:
     from .engine import Engine
 
-#: Above this SNR (dB) a difference is float round-off: reported as this value.
-MAX_SNR_DB = 200.0
 #: Captured float tensors kept in memory between two calls of :meth:`LayerSweep.run` (and
 #: processed together) up to this many bytes; beyond it they are captured again per call.
 MEMORY_BUDGET = 1 << 30
@@ -360,14 +359,7 @@ class OutputNoise:
 
     def per_image_snr_db(self, output: str) -> np.ndarray:
         s, n = np.concatenate(self.signal[output]), np.concatenate(self.noise[output])
-        return np.array([snr_db(a, b) for a, b in zip(s, n, strict=True)])
-
-
-def snr_db(signal: float, noise: float) -> float:
-    """10·log10(signal / noise), capped at :data:`MAX_SNR_DB` (no measurable noise)."""
-    if noise <= 0 or signal <= 0:
-        return MAX_SNR_DB if noise <= 0 else -MAX_SNR_DB
-    return float(min(10.0 * math.log10(signal / noise), MAX_SNR_DB))
+        return snr_db(s, n)
 
 
 @dataclass

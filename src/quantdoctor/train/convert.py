@@ -21,11 +21,11 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from ..engine.subgraph import snr_db
 from ..errors import QuantdoctorError
 from ..quant import QuantPlan, build_qdq
 from ..quant.calibration import Ranges
 from ..quant.target import QuantScheme
+from ..stats import snr_db
 from .batchnorm import fold_batchnorm, insert_batchnorm
 from .interpreter import SCALE_SUFFIX, QuantizedTorchModel
 

@@ -612,3 +612,17 @@ def test_cifar_cnn_bn_missing(cifar_twins: dict[str, Path], twin: str, expected:
         assert ev["graph_evidence"]["batchnorm"] == 5 and ev["without_batchnorm"] == []
     else:
         assert ev["graph_evidence"]["folded"] == 5
+
+
+def test_sweep_over_the_memory_budget_counts_each_variant_once(engine_for) -> None:  # type: ignore[no-untyped-def]
+    """Images in several groups (a tiny memory budget): the same noise as in one group, and
+    progress counts variants, never past their number (it showed 137% on YOLOX-Nano)."""
+    engine, _ = engine_for(branchy_net())
+    images = sweep_images(engine, 32)
+    variants = [Variant.alone(engine, la) for la in engine.layers]
+    counted: list[int] = []
+    grouped = LayerSweep(engine, images, memory_budget=1).run(variants, counted.append)
+    whole = LayerSweep(engine, images).run(variants)
+    assert sum(counted) == len(variants)
+    for v in variants:
+        assert grouped[v.key].snr_db() == pytest.approx(whole[v.key].snr_db(), abs=1e-6)

@@ -529,14 +529,17 @@ class LayerSweep:
     ) -> dict[str, OutputNoise]:
         """Each variant's noise at every float model output against the float outputs.
 
-        ``advance`` (a progress callback taking a count) is called once per variant and
-        group of images."""
+        ``advance`` (a progress callback taking a count) counts variants: when the images
+        come in several groups (over the memory budget), a variant counts once all its
+        groups are done, so the count never passes the number of variants."""
         results = {v.key: OutputNoise(list(self.outputs)) for v in variants}
         self.cost.model_node_images = self.chunked.n_nodes * len(self.images)
         if len(results) != len(variants):
             raise ValueError("variant keys must be unique")
         kept: dict[str, tuple[_Session, int, int, set[str]]] = {}
+        n_images, done, told = max(1, len(self.images)), 0.0, 0
         for group in self._capture():
+            share = sum(len(c[self.engine.input.name]) for c in group) / n_images
             # All images in one group: each variant's session is used once and dropped;
             # several groups: sessions are built once and kept for the next group.
             several = self._cached is None
@@ -552,8 +555,10 @@ class LayerSweep:
                         results[v.key].add(o, captured[o], outs[o])
                 self.cost.run_s += time.perf_counter() - start
                 self.cost.variants += 1
-                if callable(advance):
-                    advance(1)
+                done += share
+                if callable(advance) and int(done + 1e-9) > told:
+                    advance(int(done + 1e-9) - told)
+                    told = int(done + 1e-9)
         return results
 
 

@@ -73,6 +73,9 @@ class QuantPlan:
     #: one value (per tensor) or one per output channel. Tuples, not arrays: the plan's repr
     #: is its cache key.
     weight_ranges: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    #: Exact weight scales by layer name (one, or one per output channel), read from a QDQ
+    #: model made elsewhere (``quantized_model``): used as they are instead of computed.
+    weight_scales: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     def replace(self, **changes: object) -> QuantPlan:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -121,6 +124,10 @@ class QuantPlan:
             if _matches(layer, [pattern]):
                 found = precision
         return PRECISIONS[found] if found else None
+
+    def weight_scale(self, layer: LayerInfo) -> tuple[float, ...] | None:
+        """The imported weight scales of this layer, or None: computed from the weights."""
+        return self.weight_scales.get(layer.name)
 
     def weight_range(self, layer: LayerInfo) -> tuple[float, ...] | None:
         """The clipped weight range of this layer (max |w| kept), or None: the full range."""

@@ -143,12 +143,22 @@ class _Builder:
         return int(numpy_helper.to_array(init).reshape(-1)[0])
 
     def quantize_weight(
-        self, node: onnx.NodeProto, scheme: QuantScheme, clip: tuple[float, ...] | None = None
+        self,
+        node: onnx.NodeProto,
+        scheme: QuantScheme,
+        clip: tuple[float, ...] | None = None,
+        given: tuple[float, ...] | None = None,
     ) -> None:
+        """Quantize ``node``'s weight: scales computed from the weights (capped by ``clip``),
+        or ``given`` as they are (imported from a QDQ model made elsewhere)."""
         name = node.input[1]
         w = numpy_helper.to_array(self.inits[name]).astype(np.float32)
-        axis = weight_axis(node, w.ndim) if scheme.per_channel else None
-        scales = self._bias_safe(node, weight_params(w, scheme, axis, clip), scheme)
+        if given is not None:
+            axis = weight_axis(node, w.ndim) if len(given) > 1 else None
+            scales = np.asarray(given if axis is not None else given[0], np.float32)
+        else:
+            axis = weight_axis(node, w.ndim) if scheme.per_channel else None
+            scales = self._bias_safe(node, weight_params(w, scheme, axis, clip), scheme)
         qw = quantize(w, scales, 0, scheme.qmin, scheme.qmax, axis)
         base = f"{node.name}__{name}"
         if scheme.bits != 8 and self.float_arithmetic_beyond_8bit:
@@ -276,7 +286,8 @@ class _Builder:
             if layer is not None:
                 wscheme = self.plan.weight_scheme(layer)
                 if wscheme is not None:
-                    self.quantize_weight(node, wscheme, self.plan.weight_range(layer))
+                    self.quantize_weight(node, wscheme, self.plan.weight_range(layer),
+                                         self.plan.weight_scale(layer))
             nodes.append(node)
             for k, out in enumerate(node.output):
                 if out in relu_before_min:

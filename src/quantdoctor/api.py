@@ -19,6 +19,7 @@ import yaml
 
 from .checks.calibration import calibration_checks
 from .checks.evaluation import EvaluationResult, three_way_test
+from .checks.external import missing_outputs
 from .checks.layers import layer_checks
 from .checks.pipeline import pipeline_checks
 from .config import DoctorConfig, TargetConfig
@@ -151,6 +152,12 @@ class _Run:
             "data_notes": list(engine.data_notes),
         }
         self.report.findings.extend(self._setup_findings())
+        if config.external is not None:  # checked here: bad dumps fail before the slow steps
+            external = engine.external("evaluation")
+            self.report.setup["external"] = external.summary()
+            missing = missing_outputs(external)
+            if missing is not None:
+                self.report.findings.append(missing)
 
     def _setup_findings(self) -> list[Finding]:
         out = []
@@ -246,7 +253,8 @@ def _conclude(report: Report) -> None:
     causes = [f.id for f in report.ranked()
               if f.severity in ("error", "warning") and f.suspect != 3]
     for f in report.findings:
-        if f.id == "evaluation.degradation":
+        # (a device's drop that the emulation does not reproduce keeps its own advice)
+        if f.id == "evaluation.degradation" and "explained_by" not in f.evidence:
             f.recommendation = (
                 "The drop is real (not noise); the checklist ranks its likely causes first: "
                 + ", ".join(dict.fromkeys(causes)) + "."

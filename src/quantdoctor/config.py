@@ -395,6 +395,38 @@ RecipeStep = Annotated[
 ]
 
 
+#: dtypes an external dump may hold (integers are dequantized with scale and zero_point)
+ExternalDtype = Literal[
+    "float16", "float32", "float64", "int8", "uint8", "int16", "uint16", "int32"
+]
+
+
+class ExternalQuantization(_Strict):
+    """How one output's integer dump is dequantized: ``(q - zero_point) * scale``."""
+
+    scale: float = Field(gt=0)
+    zero_point: float = 0.0
+
+
+class ExternalConfig(_Strict):
+    """The external context: outputs produced elsewhere (e.g. on the device), read from files
+    (``path``: a folder with one .npy/.npz per image, or one .npz keyed by image file name).
+    ``dtype``: what the dumps must hold; ``scale``/``zero_point`` (or ``per_output``) dequantize
+    them as ``(q - zero_point) * scale``."""
+
+    path: Path
+    dtype: ExternalDtype | None = None
+    scale: float | None = Field(default=None, gt=0)
+    zero_point: float | None = None
+    per_output: dict[str, ExternalQuantization] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _zero_point_needs_scale(self) -> ExternalConfig:
+        if self.zero_point is not None and self.scale is None:
+            raise ValueError("zero_point needs scale: give both (or neither, for float dumps)")
+        return self
+
+
 class ReportConfig(_Strict):
     dir: Path = Path("report")
 
@@ -417,6 +449,7 @@ class DoctorConfig(_Strict):
     target: TargetConfig = TargetConfig()
     recipe: list[RecipeStep] = Field(default_factory=list)
     report: ReportConfig = ReportConfig()
+    external: ExternalConfig | None = None
     max_drop: float = Field(default=1.0, ge=0)
     seed: int = Field(default=0, ge=0)
     batch_size: int | None = Field(default=None, gt=0)
@@ -450,6 +483,11 @@ class DoctorConfig(_Strict):
     @classmethod
     def _profile_name(cls, value: Any) -> Any:
         return {"profile": value} if isinstance(value, str) else value
+
+    @field_validator("external", mode="before")
+    @classmethod
+    def _external_path(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value  # external: dumps/
 
     @property
     def calibration(self) -> CalibrationCommand:
@@ -557,6 +595,9 @@ def _resolve_paths(cfg: DoctorConfig, base: Path) -> DoctorConfig:
             "data": data,
             "recipe": recipe,
             "report": ReportConfig(dir=res(cfg.report.dir)),
+            "external": None
+            if cfg.external is None
+            else cfg.external.model_copy(update={"path": res(cfg.external.path)}),
         }
     )
 

@@ -148,8 +148,12 @@ def too_few_images(n: int, ci: tuple[float, float]) -> Finding | None:
 
 
 def default_contexts(engine: Engine) -> list[str]:
-    """native, fp_optimized (when the recipe makes it differ from native), quantized, int8."""
-    return ["native"] + ([] if engine.fp_is_native else ["fp_optimized"]) + ["quantized", "int8"]
+    """native, fp_optimized (when the recipe makes it differ from native), quantized, int8,
+    and external when the config reads outputs from files."""
+    return (
+        ["native"] + ([] if engine.fp_is_native else ["fp_optimized"]) + ["quantized", "int8"]
+        + (["external"] if engine.config.external is not None else [])
+    )
 
 
 def three_way_test(
@@ -167,11 +171,16 @@ def three_way_test(
 
     ``native_task`` decodes the full graph's outputs when end_nodes cut the deployed model;
     ``on_context`` is called after each context so that results are saved as they come."""
+    from .external import external_tests, score_external  # it imports compare from here
+
     contexts = list(contexts or default_contexts(engine))
     result = EvaluationResult()
     for ctx in contexts:
         ctx_task = native_task if ctx == "native" and native_task is not None else task
-        scores, summary = score_context(engine, ctx_task, ctx, seed)
+        if ctx == "external":  # on the images that have external outputs
+            scores, summary = score_external(engine, task, seed)
+        else:
+            scores, summary = score_context(engine, ctx_task, ctx, seed)
         result.scores[ctx], result.contexts[ctx] = scores, summary
         if on_context:
             on_context(result)
@@ -196,4 +205,10 @@ def three_way_test(
         result.comparisons.append(
             compare("quantized", result.scores["quantized"], "int8", result.scores["int8"], seed)
         )
+    if "external" in result.scores:
+        comparisons, findings = external_tests(
+            engine, task, result, reference, max_drop, seed, native_task
+        )
+        result.comparisons.extend(comparisons)
+        result.findings.extend(findings)
     return result

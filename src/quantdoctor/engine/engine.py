@@ -49,11 +49,12 @@ from ..quant.remedies import (
     Remedy,
     make_remedy,
 )
+from .external import ExternalOutputs, OutputSpec, external_key, output_specs, read_external
 from .recipe import RecipeBackend, RemedyRecord
 from .runner import OrtRunner
 
-#: Contexts this version runs (DESIGN §2); external (device outputs) comes later.
-CONTEXTS = ("native", "fp_optimized", "quantized", "int8")
+#: Contexts (DESIGN §2); external's outputs are read from files (config external), not run.
+CONTEXTS = ("native", "fp_optimized", "quantized", "int8", "external")
 #: ONNX Runtime sessions kept at once (least recently used dropped first): each holds its
 #: model and memory, and a diagnose builds dozens (plans, captures); outputs stay cached.
 MAX_SESSIONS = 8
@@ -145,6 +146,8 @@ class Engine:
         #: the most recently used sessions (each holds its model and memory)
         self._runners: OrderedDict[tuple[str, str, str], OrtRunner] = OrderedDict()
         self._outputs: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
+        #: the external context's outputs by what they are read from and the split's files
+        self._external: dict[tuple[str, str], ExternalOutputs] = {}
         self._range_sets: dict[str, Ranges] = {}
         self._qdq_models: dict[tuple[str, str, str, bool], onnx.ModelProto] = {}
         #: corrected models by what they were computed from (see quantization_source)
@@ -206,6 +209,7 @@ class Engine:
         other._class_names = self._class_names
         other.data_notes = self.data_notes
         other._outputs = self._outputs
+        other._external = self._external
         other._runners = self._runners
         other._qdq_models = self._qdq_models
         other._corrections = self._corrections
@@ -445,6 +449,8 @@ class Engine:
             return f"native:{self._fingerprints['native']}"
         if context == "fp_optimized":
             return f"fp_optimized:{self._fingerprints['float']}"
+        if context == "external":
+            raise ValueError("the external context has no model: its outputs are read from files")
         if context not in CONTEXTS:
             raise ValueError(f"unknown context {context!r}; known: {', '.join(CONTEXTS)}")
         plan = plan or self.plan()
@@ -506,7 +512,10 @@ class Engine:
 
         ``plan`` changes what is quantized (default: the recipe's plan); ``ranges`` names the
         activation ranges to use (default: calibrated on the calibration split); ``variant``
-        changes what the host feeds (pipeline hypotheses)."""
+        changes what the host feeds (pipeline hypotheses). ``external`` reads files instead
+        (:meth:`external`; rows of images without a dump are NaN)."""
+        if context == "external":
+            return self.external(split).outputs
         images = self.images(split)
         key = (self._model_key(context, plan, ranges), _images_key(split, images), variant.name)
         if key not in self._outputs:
@@ -523,6 +532,29 @@ class Engine:
                 n: np.concatenate([p[n] for p in parts]) for n in runner.output_names
             }
         return self._outputs[key]
+
+    def external(self, split: str = "evaluation") -> ExternalOutputs:
+        """The external context's outputs over a split, read from ``config.external`` and
+        checked against the deployed model's outputs (names, per-image shapes), read once
+        per run; ``present`` says which images have a dump."""
+        config = self.config.external
+        if config is None:
+            raise ConfigError(
+                "the external context needs `external: {path: folder_of_dumps/}` in the config "
+                "(README 'The config file: every key')"
+            )
+        images = self.images(split)
+        key = (external_key(config), _images_key(split, images))
+        if key not in self._external:
+            specs = output_specs(self.float_model)
+            if not all(s.known for s in specs):  # open dimensions: as the float model gives them
+                got = self.outputs("fp_optimized", split)
+                specs = [OutputSpec(s.name, tuple(got[s.name].shape[1:])) for s in specs]
+            with self.progress.task(
+                f"reading external outputs of {len(images)} {split} images", len(images)
+            ) as advance:
+                self._external[key] = read_external(config, specs, images, split, advance)
+        return self._external[key]
 
     def capture(
         self,

@@ -63,6 +63,9 @@ def key_number(f: dict[str, Any]) -> str:
                 f"{ev['declared']:.1f} → {ev['alternative']:.1f} "
                 f"({ev['difference']:+.1f}, p = {ev['p_value']:.2g})"
             )
+        if fid == "evaluation.external_mismatch":
+            lo, hi = ev["ci95"]
+            return f"external − quantized {ev['difference']:+.2f} (CI {lo:+.2f} … {hi:+.2f})"
         if fid.startswith("evaluation.") and "drop_points" in ev:
             lo, hi = ev["drop_ci95"]
             return f"{ev['context']}: drop {num(ev['drop_points'])} (CI {num(lo)} … {num(hi)})"

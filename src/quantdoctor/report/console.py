@@ -93,6 +93,7 @@ def print_evaluation(report: Report, console: Console, compact: bool = False) ->
         return
     if compact:
         _print_compact_evaluation(report, console)
+        _print_external_note(report, console)
         return
     table = Table(title="Three-way test: each context against ground truth", title_justify="left")
     for col in ("context", "metric", "value", "95% CI", "images"):
@@ -122,6 +123,20 @@ def print_evaluation(report: Report, console: Console, compact: bool = False) ->
             )
         console.print(cmp_table)
         console.print(f"[dim]p: {first['test']}. * {first['agreement_note']}.[/dim]")
+    _print_external_note(report, console)
+
+
+def _print_external_note(report: Report, console: Console) -> None:
+    """Where the external context's outputs come from and which images its tests use (images
+    without outputs are left out, never silently)."""
+    source = report.setup.get("external")
+    note = next((c["images"] for c in report.comparisons
+                 if c["context"] == "external" and "images" in c), None)
+    if not source or note is None:
+        return
+    used = f"its metric and paired tests are {note}" if note.startswith("on ") else note
+    console.print(f"external: outputs read from {source['path']}; {used}.", style="dim",
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_compact_evaluation(report: Report, console: Console) -> None:

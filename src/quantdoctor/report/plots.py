@@ -79,7 +79,9 @@ def context_bars(contexts: dict[str, dict[str, Any]]) -> str:
     fig = _figure(6.4, 0.45 * len(names) + 0.9)
     ax = fig.add_subplot()
     y = np.arange(len(names))[::-1]
-    colors = [_GREY if n in ("native", "fp_optimized") else _BLUE for n in names]
+    # float grey, emulated/integer blue, outputs read from files (the device) orange
+    colors = [_GREY if n in ("native", "fp_optimized") else _ORANGE if n == "external" else _BLUE
+              for n in names]
     ax.barh(y, values, color=colors, height=0.6)
     ax.errorbar(
         values, y, xerr=[values - lo, hi - values], fmt="none", ecolor="black", capsize=3, lw=1

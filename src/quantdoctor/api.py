@@ -151,6 +151,10 @@ class _Run:
             "layers": len(engine.layers),
             "data_notes": list(engine.data_notes),
         }
+        if engine.imported is not None:  # what the other tool's quantization follows
+            self.report.setup["quantized_model"] = next(
+                r.summary for r in engine.recipe_log if r.command == "quantized_model"
+            )
         self.report.findings.extend(self._setup_findings())
         if config.external is not None:  # checked here: bad dumps fail before the slow steps
             external = engine.external("evaluation")

@@ -153,7 +153,8 @@ def candidates(
         steps, changes = _lines(f)
         if f.id == "layers.weight_range_imbalance":
             if target.allows_per_channel_weights and not target.weights.per_channel:
-                per_channel = {"profile": target.name, "weights": {"per_channel": True}}
+                profile = target.name if engine.imported is None else "int8"
+                per_channel = {"profile": profile, "weights": {"per_channel": True}}
                 out.append(Candidate(
                     "per-channel weights", [], f.id, _gain(f, "per_channel_metric"),
                     config_changes={"target": per_channel},
@@ -208,6 +209,20 @@ GRADIENT_CAUSES = (
     "layers.wide_range",
     "layers.bn_missing",
 )
+
+
+def imported_conflict(engine: Engine, cand: Candidate) -> str | None:
+    """Why a candidate cannot apply to a quantized_model's quantization, or None: its ranges
+    are the file's (no re-calibration), its weight scales were computed for its weights (no
+    equalization)."""
+    if engine.imported is None:
+        return None
+    commands = {k for step in cand.steps for k in step}
+    if cand.calibrate_from_evaluation or "calibration" in commands:
+        return "the ranges come from quantized_model (no re-calibration)"
+    if "equalization" in commands:
+        return "it would change the weights quantized_model's scales were computed for"
+    return None
 
 
 def gradient_remedies_available() -> bool:
@@ -347,6 +362,10 @@ def search(
     for cand in candidates(report, engine, calibrate_from_evaluation):
         if within_budget(state.scores):
             break
+        conflict = imported_conflict(engine, cand)
+        if conflict:
+            result.skipped.append({"remedy": cand.label, "reason": conflict})
+            continue
         if result.evaluations >= max_evaluations:
             result.skipped.append({"remedy": cand.label, "reason": "max evaluations reached"})
             continue

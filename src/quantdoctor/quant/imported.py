@@ -103,8 +103,11 @@ class ImportedQuantization:
     def ranges(self) -> Ranges:
         return {name: enc.range() for name, enc in self.activations.items()}
 
-    def plan(self, target: Target, layers: list[LayerInfo]) -> QuantPlan:
-        """The recipe's starting plan: the file's weight scales and per-layer precision."""
+    def plan(
+        self, target: Target, layers: list[LayerInfo], weight_scales: bool = True
+    ) -> QuantPlan:
+        """The recipe's starting plan: the file's per-layer precision and weight scales
+        (``weight_scales=False``: the weights are quantized anew, as the target says)."""
         precision: dict[str, str] = {}
         for layer in layers:
             a = self.activations.get(layer.output)
@@ -122,7 +125,8 @@ class ImportedQuantization:
         return QuantPlan(
             target,
             precision=precision,
-            weight_scales={k: w.scales for k, w in self.weights.items()},
+            weight_scales={k: w.scales for k, w in self.weights.items()} if weight_scales
+            else {},
         )
 
     def describe(self) -> str:

@@ -86,11 +86,25 @@ def _fmt_ci(ci: tuple[float, float] | list[float], metric: str) -> str:
     return f"{_fmt(ci[0], metric)} … {_fmt(ci[1], metric)}"
 
 
+def _print_import_note(report: Report, console: Console) -> None:
+    """quantized_model: whose quantization the quantized contexts run, and its conventions."""
+    imported = report.setup.get("quantized_model")
+    if not imported:
+        return
+    left = imported.get("not_reproduced_count", 0)
+    console.print(
+        f"quantized_model: {imported['path']} ({imported['conventions']})"
+        + (f"; {left} of its quantized tensors not reproduced" if left else ""),
+        markup=False, highlight=False, soft_wrap=True,
+    )
+
+
 def print_evaluation(report: Report, console: Console, compact: bool = False) -> None:
     """The three-way test; ``compact``: one table, each context's paired difference to its
     reference beside its value (diagnose's one-screen summary)."""
     if not report.contexts:
         return
+    _print_import_note(report, console)
     if compact:
         _print_compact_evaluation(report, console)
         _print_external_note(report, console)

@@ -334,7 +334,11 @@ class QuantizedTorchModel(nn.Module):
         if w_dq is None:
             raise QuantdoctorError(f"node '{node.name}': its bias is quantized but not its weight")
         w = self._float_array(layer.weight)
-        axis = weight_axis(node, w.ndim) if scheme.per_channel else None
+        given = self.plan.weight_scale(layer)  # imported (quantized_model): fixed scales
+        if given is not None:
+            axis = weight_axis(node, w.ndim) if len(given) > 1 else None
+        else:
+            axis = weight_axis(node, w.ndim) if scheme.per_channel else None
         step = _WeightQuant(
             layer,
             layer.weight,
@@ -344,6 +348,8 @@ class QuantizedTorchModel(nn.Module):
             numpy_helper.to_array(self._qdq_inits[w_dq.input[1]]).astype(np.float32),
             self.plan.weight_range(layer),
         )
+        if given is not None:
+            step.extra["fixed_scale"] = True
         self._add_param(layer.weight)
         if node.input[0] in act_scale and act_scale[node.input[0]][1] == 8 and scheme.bits == 8:
             step.input_scale = act_scale[node.input[0]][0]
@@ -415,6 +421,10 @@ class QuantizedTorchModel(nn.Module):
         layer's parameters where given (a folded BatchNorm: :mod:`quantdoctor.train.batchnorm`)."""
         w = self.weights[self.param_keys[step.weight]] if weight is None else weight
         qmax = step.scheme.qmax
+        if step.extra.get("fixed_scale") and not self.learnable_scales:
+            # the scales of a QDQ model made elsewhere stay as given, as in the QDQ builder
+            fixed = torch.from_numpy(step.stored_scale.copy())
+            return fixed.reshape(()) if step.axis is None else fixed.reshape(-1)
         cap = None if step.clip is None else torch.tensor(step.clip, dtype=torch.float64)
         if self.learnable_scales:
             p = self.weight_scales[step.extra["scale_key"]]

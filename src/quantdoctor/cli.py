@@ -422,7 +422,8 @@ def fix(
                      max_evaluations)
         fixed_path = output or config.with_name(config.stem + ".fixed.yaml")
         # before minutes of work, not after
-        check_outputs([fixed_path], force, protected=[config, cfg.model])
+        check_outputs([fixed_path], force, protected=[config, cfg.model],
+                      example=config.stem + ".fixed.yaml")
         if export is not None:
             check_outputs([export, *sidecar_paths(export)], force, protected=[config, cfg.model])
         unsaved: NotSaved | None = None

@@ -473,7 +473,12 @@ def sidecar_paths(output: Path) -> tuple[Path, Path]:
     return output.with_name(f"{stem}.encodings.json"), output.with_name(f"{stem}.recipe.yaml")
 
 
-def check_outputs(paths: Sequence[Path], force: bool, protected: Iterable[Path] = ()) -> None:
+def check_outputs(
+    paths: Sequence[Path],
+    force: bool,
+    protected: Iterable[Path] = (),
+    example: str = "model.qdq.onnx",
+) -> None:
     """Fail before any work, with one sentence, when a file cannot be written: a folder in
     the way, a missing or read-only folder, an existing file without ``force``, or one of
     ``protected`` (the float model, the config) that would be overwritten."""
@@ -486,7 +491,7 @@ def check_outputs(paths: Sequence[Path], force: bool, protected: Iterable[Path] 
             )
         if path.is_dir():
             raise QuantdoctorError(
-                f"{path} is a folder; give a file name for -o, e.g. {path / 'model.qdq.onnx'}"
+                f"{path} is a folder; give a file name for -o, e.g. {path / example}"
             )
         if path.parent.exists() and not path.parent.is_dir():
             raise QuantdoctorError(f"{path.parent} is a file, not a folder; fix -o")

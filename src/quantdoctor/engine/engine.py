@@ -95,6 +95,11 @@ def _images_key(split: str, images: ImageSet) -> str:
     return f"{split}:{digest}"
 
 
+def _sampling_key(config: DoctorConfig) -> str:
+    """What the images of the built-in splits are drawn from (folders, limits, seed)."""
+    return json.dumps([config.data.model_dump(mode="json"), config.seed], sort_keys=True)
+
+
 def ranges_fingerprint(ranges: Ranges) -> str:
     return hashlib.sha1(repr(sorted(ranges.items())).encode()).hexdigest()[:16]
 
@@ -202,12 +207,14 @@ class Engine:
         return sibling
 
     def share_caches(self, other: Engine) -> None:
-        """Let ``other`` (same model, data and preprocessing) use this engine's decoded
-        images, splits and content-keyed caches of models, sessions and outputs."""
+        """Let ``other`` (same model and preprocessing) use this engine's decoded images,
+        content-keyed caches of models, sessions and outputs, and, when it samples the same
+        images (same ``data`` and ``seed``), its splits."""
         other._decoded = self._decoded
-        other._splits = self._splits
-        other._class_names = self._class_names
-        other.data_notes = self.data_notes
+        if _sampling_key(other.config) == _sampling_key(self.config):
+            other._splits = self._splits
+            other._class_names = self._class_names
+            other.data_notes = self.data_notes
         other._outputs = self._outputs
         other._external = self._external
         other._runners = self._runners
@@ -381,6 +388,15 @@ class Engine:
                 x = host_input_transform(x, transforms, self.config.preprocess.layout)
             yield x
 
+    def _host_key(self, context: str, variant: InputVariant) -> str:
+        """What the host applies beyond the preprocessing (see :meth:`batches`), for the
+        outputs' cache key: a sibling with another normalization runs the same native model
+        on other inputs."""
+        transforms = self.transforms if variant.transforms is None else variant.transforms
+        if context != "native" or not transforms:
+            return ""
+        return hashlib.sha1(repr(list(transforms)).encode()).hexdigest()[:12]
+
     # --- quantization ----------------------------------------------------------------------
     def plan(self) -> QuantPlan:
         """The recipe's quantization plan (target, per-layer precision, clipped weights)."""
@@ -517,7 +533,12 @@ class Engine:
         if context == "external":
             return self.external(split).outputs
         images = self.images(split)
-        key = (self._model_key(context, plan, ranges), _images_key(split, images), variant.name)
+        key = (
+            self._model_key(context, plan, ranges),
+            _images_key(split, images),
+            variant.name,
+            self._host_key(context, variant),
+        )
         if key not in self._outputs:
             runner = self._runner(context, plan, ranges)
             parts: list[dict[str, np.ndarray]] = []

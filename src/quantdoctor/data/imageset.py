@@ -110,6 +110,8 @@ def load_images(
             "set preprocess.resize.size, center_crop or letterbox to get one input size"
         )
     pixels = np.stack([decoded[r.path][0] for r in ok]) if ok else np.zeros((0, 1, 1, 3), np.uint8)  # type: ignore[index]
+    for i, r in enumerate(ok):  # pixels held once: the cache keeps views of the stacked array
+        cache[r.path, settings] = (pixels[i], decoded[r.path][1])  # type: ignore[index]
     labels = (
         np.asarray([r.label for r in ok], dtype=np.int64)
         if ok and all(r.label is not None for r in ok)

@@ -31,8 +31,9 @@ SCHEMA = DoctorConfig.model_json_schema()
 DEFS = SCHEMA["$defs"]
 #: top-level keys a fuzzed config replaces (model, data paths and report stay valid, so that
 #: most configs get past loading and exercise the run)
-FUZZED = ("task", "start_nodes", "end_nodes", "preprocess", "postprocess", "native_postprocess",
-          "metric", "reference_accuracy", "target", "recipe", "max_drop", "seed", "batch_size")
+FUZZED = ("task", "start_nodes", "end_nodes", "preprocess", "native_preprocess", "postprocess",
+          "native_postprocess", "metric", "reference_accuracy", "target", "recipe", "max_drop",
+          "seed", "batch_size")
 TRAINING = {"#/$defs/AdaroundStep", "#/$defs/FinetuneStep"}
 #: strings a user would write here: the digits model's layer and tensor names, patterns
 NAMES = ["mix/Conv", "fc1/Gemm", "fc2/Gemm", "fc1/Relu", "fc*", "*", "logits", "h_relu", "flat",

@@ -136,6 +136,34 @@ class PreprocessConfig(_Strict):
         return self
 
 
+class NativePreprocessConfig(_Strict):
+    """What the host feeds the FULL graph when start_nodes cut it (the native context runs
+    the full graph): the keys given replace those of ``preprocess``; ``mean`` and ``std``
+    are none unless given (the cut-off part of the graph normalizes); the geometry (resize,
+    crop, letterbox, EXIF orientation) is always preprocess's: both see the same images."""
+
+    color: Literal["rgb", "bgr"] | None = None
+    scale: float | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    layout: Literal["nchw", "nhwc"] | None = None
+
+    _per_channel = field_validator("mean", "std", mode="before")(
+        PreprocessConfig._per_channel.__func__  # type: ignore[attr-defined]
+    )
+    _three = field_validator("mean", "std")(
+        PreprocessConfig._three.__func__  # type: ignore[attr-defined]
+    )
+    _nonzero = field_validator("std")(
+        PreprocessConfig._nonzero.__func__  # type: ignore[attr-defined]
+    )
+
+    def apply_to(self, preprocess: PreprocessConfig) -> PreprocessConfig:
+        """The full graph's preprocessing: ``preprocess`` without mean/std, then these keys."""
+        given = {k: getattr(self, k) for k in self.model_fields_set}
+        return preprocess.model_copy(update={"mean": None, "std": None, **given})
+
+
 class PostprocessConfig(_Strict):
     """What the host does after the accelerator. Built-in types: classification, yolox,
     yolov5, yolov8; or python with ``function: "file.py:name"``."""
@@ -444,6 +472,9 @@ class DoctorConfig(_Strict):
     # How to decode the FULL graph's outputs when end_nodes cut it (the native context runs
     # the full graph); defaults to ``postprocess``.
     native_postprocess: PostprocessConfig | None = None
+    # What the host feeds the FULL graph when start_nodes cut it (the native context runs
+    # the full graph); defaults to ``preprocess`` without mean/std.
+    native_preprocess: NativePreprocessConfig | None = None
     metric: Literal["top1", "top5", "map", "map50"] | None = None
     reference_accuracy: float | None = Field(default=None, ge=0, le=100)
     target: TargetConfig = TargetConfig()
@@ -478,6 +509,23 @@ class DoctorConfig(_Strict):
         if self.task == "detection" and "type" not in self.postprocess.model_fields_set:
             raise ValueError("detection needs postprocess.type: yolox, yolov5, yolov8 or python")
         return self
+
+    @model_validator(mode="after")
+    def _native_preprocess_needs_start_nodes(self) -> DoctorConfig:
+        if self.native_preprocess is not None and not self.start_nodes:
+            raise ValueError(
+                "native_preprocess says what the full graph takes when start_nodes cut it; "
+                "without start_nodes it has no effect: remove it or set start_nodes"
+            )
+        return self
+
+    @property
+    def full_graph_preprocess(self) -> PreprocessConfig:
+        """What the host feeds the full graph (the native context): ``preprocess``, or with
+        start_nodes, ``preprocess`` without mean/std and with native_preprocess's keys."""
+        if not self.start_nodes:
+            return self.preprocess
+        return (self.native_preprocess or NativePreprocessConfig()).apply_to(self.preprocess)
 
     @field_validator("target", mode="before")
     @classmethod

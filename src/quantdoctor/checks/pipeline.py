@@ -13,13 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from ..config import NormalizationCommand
+from ..config import NormalizationCommand, PreprocessConfig
 from ..engine import Engine, InputVariant
 from ..graph.inspect import output_activations
 from ..report import Finding
 from ..stats import bootstrap_ci, holm, snr_db_between
 from ..tasks import Task, make_task
 from .evaluation import compare
+from .start_nodes import OutputComparison, start_nodes_check
 
 #: Labelled images used for the hypothesis tests (a seeded sample of the evaluation set).
 HYPOTHESIS_IMAGES = 200
@@ -112,16 +113,27 @@ class Hypothesis:
     description: str
 
 
+def _native_pre(engine: Engine) -> PreprocessConfig:
+    """What the host feeds the native context, which the hypotheses vary: ``preprocess``, or
+    with start_nodes ``native_preprocess`` (the full graph's input; the cut model's is the
+    start-node check's)."""
+    return engine.native_preprocessor.config
+
+
+def _pre_key(engine: Engine) -> str:
+    return "native_preprocess" if engine.start_cut is not None else "preprocess"
+
+
 def _norms(engine: Engine) -> tuple[int, int]:
-    pre = engine.config.preprocess
+    pre = _native_pre(engine)
     host = int(pre.mean is not None or pre.std is not None)
-    recipe = sum(isinstance(t, NormalizationCommand) for t in engine.transforms)
+    recipe = sum(isinstance(t, NormalizationCommand) for t in engine.native_transforms)
     return host, recipe
 
 
 def _candidate_normalizations(engine: Engine) -> list[tuple[str, NormalizationCommand]]:
     """Common normalizations, in the units the host produces and the fed channel order."""
-    pre = engine.config.preprocess
+    pre = _native_pre(engine)
     unit = 255.0 * pre.scale  # what a white pixel becomes on the host
     imagenet_mean = np.array([0.485, 0.456, 0.406]) * unit
     imagenet_std = np.array([0.229, 0.224, 0.225]) * unit
@@ -141,7 +153,7 @@ def _candidate_normalizations(engine: Engine) -> list[tuple[str, NormalizationCo
 def hypotheses(engine: Engine) -> list[Hypothesis]:
     """Alternatives to the declared pipeline worth testing on labelled images."""
     host, recipe = _norms(engine)
-    transforms = tuple(engine.transforms)
+    transforms = tuple(engine.native_transforms)
     without_recipe_norm = tuple(t for t in transforms if not isinstance(t, NormalizationCommand))
     out: list[Hypothesis] = []
     if host + recipe >= 2:
@@ -173,7 +185,7 @@ def hypotheses(engine: Engine) -> list[Hypothesis]:
                 "the declared normalization removed: the model normalizes inside already",
             )
         )
-        pre = engine.config.preprocess
+        pre = _native_pre(engine)
         again = (
             next(t for t in transforms if isinstance(t, NormalizationCommand))
             if recipe
@@ -195,32 +207,35 @@ def hypotheses(engine: Engine) -> list[Hypothesis]:
                     f"{label} added: the model expects normalized input",
                 )
             )
-    swapped = "rgb" if engine.config.preprocess.color == "bgr" else "bgr"
+    color = _native_pre(engine).color
+    swapped = "rgb" if color == "bgr" else "bgr"
     out.append(
         Hypothesis(
             InputVariant(f"channel order {swapped.upper()}", color=swapped),
             "pipeline.channel_order",
             f"the channels fed in {swapped.upper()} order instead of "
-            f"{engine.config.preprocess.color.upper()}",
+            f"{color.upper()}",
         )
     )
     return out
 
 
-def _fix_text(h: Hypothesis) -> tuple[str, list[str]]:
+def _fix_text(h: Hypothesis, key: str = "preprocess") -> tuple[str, list[str]]:
+    """What to change; ``key``: the preprocessing the native context was fed (``preprocess``,
+    or with start_nodes ``native_preprocess``)."""
     v = h.variant
     if h.finding == "pipeline.channel_order":
         return (
-            f"Feed the model {v.color.upper()} (preprocess.color: {v.color}) — or fold the "
+            f"Feed the model {v.color.upper()} ({key}.color: {v.color}) — or fold the "
             "conversion into the model with the recipe's input_conversion.",
-            [f"preprocess: {{color: {v.color}}}"],
+            [f"{key}: {{color: {v.color}}}"],
         )
     if h.finding == "pipeline.normalization_duplicated":
         if not v.host_normalization:
             return (
                 "Normalize once: remove mean/std from the host preprocessing (the model or "
                 "the recipe already normalizes).",
-                ["preprocess: {mean: null, std: null}"],
+                [f"{key}: {{mean: null, std: null}}"],
             )
         return (
             "Normalize once: drop the recipe's normalization command (the host already "
@@ -230,6 +245,9 @@ def _fix_text(h: Hypothesis) -> tuple[str, list[str]]:
     cmd = next((t for t in (v.transforms or ()) if isinstance(t, NormalizationCommand)), None)
     if cmd is None:
         return ("Apply the model's normalization.", [])
+    if key != "preprocess":  # the full graph's input: only the host feeds it
+        line = f"{key}: {{mean: {_round(cmd.mean)}, std: {_round(cmd.std)}}}"
+        return (f"The full graph expects normalized input: set {key}.mean/std.", [line])
     line = f"- normalization: {{mean: {_round(cmd.mean)}, std: {_round(cmd.std)}}}"
     where = "on the host (preprocess.mean/std) or as the first recipe command"
     return (f"Normalize the input as the model was trained: {where}.", [line])
@@ -277,7 +295,7 @@ def test_hypotheses(
             }
         )
         if better:
-            text, recipe = _fix_text(h)
+            text, recipe = _fix_text(h, _pre_key(engine))
             found.append(
                 (
                     cmp["difference"],
@@ -448,8 +466,20 @@ def fp_optimized_check(
     }
     cut = bool(engine.config.end_nodes)
     fid = "pipeline.end_nodes_mismatch" if cut else "pipeline.fp_optimized_mismatch"
+    found: list[Finding] = []
+    if engine.start_cut is not None:
+        outputs = OutputComparison(
+            native_out, fp_out, snr, a, b, cmp, comparable=not (cut and native_task is None)
+        )
+        start = start_nodes_check(engine, split, outputs)
+        if start.severity != "ok" or not (cut or differs or low_snr):
+            # an input that differs explains the outputs; one that matches, with nothing else
+            # cut or changed, leaves nothing more to say
+            return [start]
+        found.append(start)
     if cut and native_task is None:
         return [
+            *found,
             Finding(
                 fid,
                 1,
@@ -464,6 +494,7 @@ def fp_optimized_check(
         ]
     if not differs and not (low_snr and not cut):
         return [
+            *found,
             Finding(
                 fid,
                 1,
@@ -480,6 +511,7 @@ def fp_optimized_check(
         else "the recipe's float transforms change the model's outputs"
     )
     return [
+        *found,
         Finding(
             fid,
             1,

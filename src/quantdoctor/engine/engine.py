@@ -37,6 +37,7 @@ from ..data.imageset import DecodeCache
 from ..data.sources import ImageRecord, list_images
 from ..errors import ConfigError, DataError, ModelError
 from ..graph import ModelInfo, check_input_matches, clean_model, inspect_model, load_model
+from ..graph.cut import StartCut, check_cut_input, cut_start_nodes
 from ..graph.model import input_hw
 from ..graph.transforms import apply_input_transforms, cut_end_nodes, host_input_transform
 from ..progress import NullProgress, Progress
@@ -118,24 +119,36 @@ class Engine:
         self.config = config
         self.progress = progress or NullProgress()
         self.preprocessor = Preprocessor(config.preprocess)
-        if config.start_nodes:
-            raise ConfigError(
-                "start_nodes are not supported yet: export the model from its first layer on, "
-                "or remove start_nodes"
-            )
+        #: what the host feeds the full graph (native): another one when start_nodes cut it
+        self.native_preprocessor = Preprocessor(config.full_graph_preprocess)
         #: The ONNX as given (cleaned): what the native context runs.
         self.native_model: onnx.ModelProto = (
             native_model if native_model is not None else clean_model(load_model(config.model))
         )
-        self.info: ModelInfo = inspect_model(self.native_model)
-        self.input = check_input_matches(
-            self.info, self.preprocessor.output_hw, config.preprocess.layout
+        hw, layout = self.preprocessor.output_hw, config.preprocess.layout
+        self.native_input = check_input_matches(
+            inspect_model(self.native_model), hw, self.native_preprocessor.config.layout,
+            where="native_preprocess" if config.start_nodes else "preprocess",
+        )
+        #: the start-node cut: the accelerator's graph, and the part the host does instead
+        self.start_cut: StartCut | None = (
+            cut_start_nodes(self.native_model, config.start_nodes, config.end_nodes)
+            if config.start_nodes
+            else None
+        )
+        deployed = self.native_model if self.start_cut is None else self.start_cut.model
+        self.info: ModelInfo = inspect_model(deployed)
+        self.input = (
+            self.native_input
+            if self.start_cut is None
+            else check_cut_input(self.start_cut, hw, layout)
         )
         self.transforms = config.input_transforms
+        #: the input transforms the native context applies on the host: none with start_nodes
+        #: (there the full graph's cut-off part does what the host and the transforms do)
+        self.native_transforms = [] if self.start_cut else self.transforms
         #: The model after the recipe's float transforms (fp_optimized): what is quantized.
-        self.uncut_model = apply_input_transforms(
-            self.native_model, self.transforms, config.preprocess.layout
-        )
+        self.uncut_model = apply_input_transforms(deployed, self.transforms, layout)
         self.float_model: onnx.ModelProto = (
             cut_end_nodes(self.uncut_model, config.end_nodes)
             if config.end_nodes
@@ -171,6 +184,7 @@ class Engine:
         self.fp_is_native = (
             not self.transforms
             and not config.end_nodes
+            and not config.start_nodes
             and not any(r.stage == "float" for r in self.recipe_log)
         )
         self._fingerprints = {"native": model_fingerprint(self.native_model)}
@@ -374,25 +388,28 @@ class Engine:
         variant: InputVariant = DECLARED,
     ) -> Iterator[np.ndarray]:
         """Model-input batches (float32): the host preprocessing, plus, for the native context,
-        the recipe's input transforms applied on the host."""
+        the recipe's input transforms applied on the host (with start_nodes: the full
+        graph's preprocessing, ``native_preprocess``, and no transforms)."""
         host_norm = variant.host_normalization
-        transforms = self.transforms if variant.transforms is None else variant.transforms
+        native = context == "native"
+        pre = self.native_preprocessor if native else self.preprocessor
+        transforms = self.native_transforms if variant.transforms is None else variant.transforms
         for start in range(0, len(images), self.batch_size):
-            x = self.preprocessor.finish(
+            x = pre.finish(
                 images.pixels[start : start + self.batch_size],
                 color=variant.color,
                 mean=True if host_norm else None,
                 std=True if host_norm else None,
             )
-            if context == "native" and transforms:
-                x = host_input_transform(x, transforms, self.config.preprocess.layout)
+            if native and transforms:
+                x = host_input_transform(x, transforms, pre.config.layout)
             yield x
 
     def _host_key(self, context: str, variant: InputVariant) -> str:
         """What the host applies beyond the preprocessing (see :meth:`batches`), for the
         outputs' cache key: a sibling with another normalization runs the same native model
         on other inputs."""
-        transforms = self.transforms if variant.transforms is None else variant.transforms
+        transforms = self.native_transforms if variant.transforms is None else variant.transforms
         if context != "native" or not transforms:
             return ""
         return hashlib.sha1(repr(list(transforms)).encode()).hexdigest()[:12]

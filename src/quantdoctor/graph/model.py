@@ -180,7 +180,7 @@ def check_input_matches(
         raise ModelError(
             f"model input '{inp.name}' {list(inp.shape)} has {c} channels in the "
             f"{layout.upper()} layout, the preprocessing gives 3; set {where}.layout: {other} "
-            "if the model is channels-last"
+            f"if the model is channels-{'last' if other == 'nhwc' else 'first'}"
         )
     if hw is None:
         return inp  # images keep their own size: checked once they are decoded

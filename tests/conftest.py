@@ -17,6 +17,9 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("QUANTDOCTOR_DATA", REPO.parent / "shared" / "data"))
+# every test computes what it checks (and CLI subprocesses inherit this); the cache across
+# runs has its own tests (tests/test_disk_cache.py)
+os.environ["QUANTDOCTOR_CACHE"] = "off"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

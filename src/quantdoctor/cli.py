@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -88,6 +89,16 @@ FailOn = Annotated[
     ),
 ]
 FAIL_ON = ("error", "warning", "degradation")
+NoCache = Annotated[
+    bool,
+    typer.Option("--no-cache", help="Do not use the cache across runs (decoded images, "
+                 "ranges, outputs; see QUANTDOCTOR_CACHE in the README)."),
+]
+
+
+def _cache_off(no_cache: bool) -> None:
+    if no_cache:  # read by the engine (engine/disk_cache.py)
+        os.environ["QUANTDOCTOR_CACHE"] = "off"
 
 
 def _check_options(max_drop: float | None, limit: int | None, fail_on: str | None) -> None:
@@ -206,9 +217,11 @@ def evaluate(
     report_dir: ReportDir = None,
     limit: Limit = None,
     fail_on: FailOn = None,
+    no_cache: NoCache = False,
     debug: Annotated[bool, DEBUG] = False,
 ) -> None:
     """The three-way test: native, quantized and int8 against ground truth, with CIs."""
+    _cache_off(no_cache)
     _run("evaluate", config, max_drop, target, report_dir, debug, limit, fail_on)
 
 
@@ -220,10 +233,12 @@ def diagnose(
     report_dir: ReportDir = None,
     limit: Limit = None,
     fail_on: FailOn = None,
+    no_cache: NoCache = False,
     debug: Annotated[bool, DEBUG] = False,
 ) -> None:
     """The whole checklist: the float pipeline, then the three-way test; names the top
     suspect."""
+    _cache_off(no_cache)
     _run("diagnose", config, max_drop, target, report_dir, debug, limit, fail_on)
 
 
@@ -235,10 +250,12 @@ def analyze(
     report_dir: ReportDir = None,
     limit: Limit = None,
     fail_on: FailOn = None,
+    no_cache: NoCache = False,
     debug: Annotated[bool, DEBUG] = False,
 ) -> None:
     """Only the per-layer analysis: noise per layer, ranges, weights, BatchNorm, concat
     outputs, activation functions."""
+    _cache_off(no_cache)
     _run("analyze", config, max_drop, target, report_dir, debug, limit, fail_on)
 
 
@@ -396,6 +413,7 @@ def fix(
     target: TargetOpt = None,
     report_dir: ReportDir = None,
     limit: Limit = None,
+    no_cache: NoCache = False,
     debug: Annotated[bool, DEBUG] = False,
 ) -> None:
     """Diagnose, then try the remedies of the causes found, cheapest and most promising
@@ -413,6 +431,7 @@ def fix(
     from .report.console import RichProgress, print_fix
     from .report.findings import no_negative_zero
 
+    _cache_off(no_cache)
     with _report_run(debug, report_dir) as where:
         _check_target(target)
         _check_options(None, limit, None)  # the budget: check_budget, below

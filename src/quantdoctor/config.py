@@ -478,6 +478,14 @@ class DoctorConfig(_Strict):
     metric: Literal["top1", "top5", "map", "map50"] | None = None
     reference_accuracy: float | None = Field(default=None, ge=0, le=100)
     target: TargetConfig = TargetConfig()
+    #: A QDQ model of ``model`` made by another tool (ONNX Runtime, NNCF, AIMET, a vendor):
+    #: its quantization (ranges, weight scales, bits, conventions) replaces the target's
+    #: calibration; the recipe's other commands apply on top of it.
+    quantized_model: Path | None = Field(
+        default=None,
+        description="A QDQ ONNX of the same float model made by another tool; its "
+        "quantization is diagnosed instead of quantdoctor's own calibration.",
+    )
     recipe: list[RecipeStep] = Field(default_factory=list)
     report: ReportConfig = ReportConfig()
     external: ExternalConfig | None = None
@@ -640,6 +648,7 @@ def _resolve_paths(cfg: DoctorConfig, base: Path) -> DoctorConfig:
     return cfg.model_copy(
         update={
             "model": res(cfg.model),
+            "quantized_model": res(cfg.quantized_model),
             "data": data,
             "recipe": recipe,
             "report": ReportConfig(dir=res(cfg.report.dir)),

@@ -14,11 +14,13 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import onnx
 
+from .. import __version__
 from ..config import (
     CalibrationCommand,
     DoctorConfig,
@@ -34,6 +36,7 @@ from ..data import (
     read_detection_source,
 )
 from ..data.imageset import DecodeCache
+from ..data.preprocess import ImageMeta
 from ..data.sources import ImageRecord, list_images
 from ..errors import ConfigError, DataError, ModelError
 from ..graph import ModelInfo, check_input_matches, clean_model, inspect_model, load_model
@@ -42,7 +45,9 @@ from ..graph.model import input_hw
 from ..graph.transforms import apply_input_transforms, cut_end_nodes, host_input_transform
 from ..progress import NullProgress, Progress
 from ..quant import QuantPlan, Ranges, Target, build_qdq, find_layers, resolve_target
+from ..quant.imported import ImportedQuantization, imported_weights_model, read_quantized_model
 from ..quant.plan import LayerInfo
+from ..quant.qdq import FLOAT_SUFFIX
 from ..quant.remedies import (
     FloatModelEdit,
     PlanEdit,
@@ -50,6 +55,8 @@ from ..quant.remedies import (
     Remedy,
     make_remedy,
 )
+from ..quant.target import PROFILES
+from .disk_cache import DiskCache, content_key, files_key
 from .external import ExternalOutputs, OutputSpec, external_key, output_specs, read_external
 from .recipe import RecipeBackend, RemedyRecord
 from .runner import OrtRunner
@@ -94,6 +101,12 @@ def _images_key(split: str, images: ImageSet) -> str:
     image sets registered under one name."""
     digest = hashlib.sha1("\n".join(map(str, images.paths)).encode()).hexdigest()[:12]
     return f"{split}:{digest}"
+
+
+def _plain(value: object) -> object:
+    """JSON-able copy of a summary (numpy scalars and arrays as Python numbers and lists)."""
+    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist")
+                                 else str(v)))
 
 
 def _sampling_key(config: DoctorConfig) -> str:
@@ -155,9 +168,32 @@ class Engine:
             else self.uncut_model
         )
         self.target = target or resolve_target(config.target)
+        #: the quantization of a QDQ model made elsewhere (``quantized_model``), if given
+        self.imported: ImportedQuantization | None = None
+        self._requantize_weights = False
+        if config.quantized_model is not None:
+            started = time.perf_counter()
+            self.imported = read_quantized_model(
+                config.quantized_model, self.native_model,
+                find_layers(self.float_model, PROFILES["int8"]),
+            )
+            self.target = self.imported.target()
+            # per-channel weights asked for (fix's candidate): the file's per-tensor weight
+            # scales give way to per-channel ones computed from the weights
+            self._requantize_weights = bool(
+                config.target.weights and config.target.weights.per_channel
+                and not self.target.weights.per_channel
+            )
+            if self._requantize_weights:
+                self.target = replace(
+                    self.target, weights=replace(self.target.weights, per_channel=True)
+                )
+            import_seconds = time.perf_counter() - started
         self.layers: list[LayerInfo] = find_layers(self.float_model, self.target)
         self.batch_size = self.input.fixed_batch or config.batch_size or 16
         self._decoded: DecodeCache = {}
+        #: decoded images, ranges and outputs across runs (None: off), keyed by content
+        self.disk: DiskCache | None = DiskCache.from_environment()
         self._splits: dict[str, ImageSet] = {}
         self._class_names: list[str] | None = None
         self.data_notes: list[str] = []
@@ -179,6 +215,13 @@ class Engine:
             self.remedies.insert(0, make_remedy("calibration", CalibrationCommand(), -1))
         for remedy in self.remedies:
             remedy.validate(self.layers, self.target)  # before any expensive work
+            if self.imported is not None and remedy.stage == "float" and remedy.index >= 0:
+                raise ConfigError(
+                    f"recipe[{remedy.index}]: {remedy.command} changes the float weights that "
+                    f"the scales of quantized_model ({config.quantized_model.name}) were "
+                    "computed for; remove it, or quantize with quantdoctor (without "
+                    "quantized_model)"
+                )
         self._apply_float_stage()
         #: Without transforms, cut or float edits, fp_optimized is native: computed once.
         self.fp_is_native = (
@@ -193,7 +236,15 @@ class Engine:
             if self.fp_is_native
             else model_fingerprint(self.float_model)
         )
+        #: the float model that quantized contexts quantize: fp_optimized, or with the
+        #: weights of quantized_model where its tool changed them
+        self._quant_base = (self.float_model, self._fingerprints["float"])
+        if self.imported is not None and self.imported.changed_weights:
+            base = imported_weights_model(self.float_model, self.imported, self.layers)
+            self._quant_base = (base, model_fingerprint(base))
         self._plan = self._apply_plan_stage()
+        if self.imported is not None:
+            self._plan = self._match_imported_tensors(self._plan, import_seconds)
         #: the model that is quantized with the recipe's plan (bias correction), lazily
         self._corrected: tuple[onnx.ModelProto, str] | None = None
 
@@ -225,6 +276,7 @@ class Engine:
         content-keyed caches of models, sessions and outputs, and, when it samples the same
         images (same ``data`` and ``seed``), its splits."""
         other._decoded = self._decoded
+        other.disk = self.disk
         if _sampling_key(other.config) == _sampling_key(self.config):
             other._splits = self._splits
             other._class_names = self._class_names
@@ -256,8 +308,14 @@ class Engine:
             self._record(remedy, started, edit.summary)
 
     def _apply_plan_stage(self) -> QuantPlan:
-        """Plan edits (per-layer precision, clipped weights), in recipe order."""
-        plan = QuantPlan(self.target)
+        """Plan edits (per-layer precision, clipped weights), in recipe order, from the
+        target's default plan or quantized_model's."""
+        plan = (
+            QuantPlan(self.target)
+            if self.imported is None
+            else self.imported.plan(self.target, self.layers,
+                                    weight_scales=not self._requantize_weights)
+        )
         for remedy in self._stage("plan"):
             started = time.perf_counter()
             edit = remedy.apply(RecipeBackend(self, None, plan))
@@ -266,21 +324,50 @@ class Engine:
             self._record(remedy, started, edit.summary)
         return plan
 
+    def _match_imported_tensors(self, plan: QuantPlan, import_seconds: float) -> QuantPlan:
+        """quantized_model's quantized tensors, not the builder's own choice: tensors the
+        builder would quantize and the file does not are left float; tensors the file
+        quantizes and the builder cannot are listed (the report says so)."""
+        assert self.imported is not None
+        begun = time.perf_counter()
+        theirs = set(self.imported.activations)
+        qdq = build_qdq(self._quant_base[0], plan, self.imported.ranges(), self.layers)
+        ours = {
+            n.input[0].removesuffix(FLOAT_SUFFIX)
+            for n in qdq.graph.node
+            if n.op_type == "QuantizeLinear" and n.name.endswith("__QuantizeLinear")
+            and not n.input[0].endswith(("__quantized", "_quantized"))
+        }
+        extra = sorted(ours - theirs)
+        summary = self.imported.summary()
+        summary.update(
+            tensors_left_float=extra[:20], tensors_left_float_count=len(extra),
+            not_reproduced=sorted(theirs - ours)[:20],
+            not_reproduced_count=len(theirs - ours),
+            target=self.target.description,
+        )
+        if self._requantize_weights:
+            summary["weights"] = "quantized anew per channel (target.weights.per_channel)"
+        self.recipe_log.insert(0, RemedyRecord(
+            -1, "quantized_model", "plan", import_seconds + time.perf_counter() - begun, summary
+        ))
+        return plan.disable_tensors(extra) if extra else plan
+
     def quantization_source(self, plan: QuantPlan) -> tuple[onnx.ModelProto, str]:
         """The float model that a plan's QDQ model is built from, with its fingerprint: the
         bias-corrected model for the recipe's plan when the recipe corrects biases, else
-        fp_optimized."""
+        fp_optimized (with quantized_model's weights where its tool changed them)."""
         corrections = self._stage("correction")
         if not corrections or _plan_key(plan) != _plan_key(self._plan):
-            return self.float_model, self._fingerprints["float"]
+            return self._quant_base
         if self._corrected is None:
-            model = self.float_model
+            model = self._quant_base[0]
             ranges = self.ranges("calibration")
             images = self.images("calibration")
             # what a correction computes depends on these and on the corrections before it:
             # siblings (fix's candidates, a finding's measured remedy) reuse the prefix they
             # share (AdaRound and fine-tuning take minutes)
-            key = "|".join((self._fingerprints["float"], _plan_key(self._plan),
+            key = "|".join((self._quant_base[1], _plan_key(self._plan),
                             ranges_fingerprint(ranges), _images_key("calibration", images)))
             for remedy in corrections:
                 started = time.perf_counter()
@@ -350,6 +437,7 @@ class Engine:
         with :meth:`add_split` (e.g. held-out halves)."""
         if split not in self._splits:
             records = self._records(split)
+            stored = self._images_from_disk(records)
             with self.progress.task(f"decoding {split} images", len(records)) as advance:
                 images = load_images(
                     records,
@@ -360,9 +448,48 @@ class Engine:
                 )
             if len(images) == 0:
                 raise DataError(f"no readable {split} images")
+            if stored is not None:
+                self._images_to_disk(stored, images)
             self._check_size(images, split)
             self._splits[split] = images
         return self._splits[split]
+
+    # --- the cache across runs (engine/disk_cache.py) ----------------------------------------
+    def _disk_key(self, kind: str, *parts: object) -> str:
+        import onnxruntime
+
+        return content_key(kind, __version__, onnxruntime.__version__, *parts)
+
+    def _images_from_disk(self, records: list[ImageRecord]) -> str | None:
+        """Put a split's stored decoded pixels into the decode cache; returns the key to store
+        them under when they were not stored yet (None: stored, or no cache)."""
+        if self.disk is None:
+            return None
+        settings = self.preprocessor.geometry_key
+        key = self._disk_key("images", files_key([r.path for r in records]), settings)
+        found = self.disk.get("images", key)
+        if found is None:
+            return key
+        metas = found["metas"]
+        for i, path in enumerate(found["paths"]):
+            m = metas[i]
+            self._decoded[Path(str(path)), settings] = (found["pixels"][i], ImageMeta(
+                (int(m[0]), int(m[1])), (float(m[2]), float(m[3])), (int(m[4]), int(m[5]))))
+        for path, reason in zip(found["failed"], found["reasons"], strict=True):
+            self._decoded[Path(str(path)), settings] = str(reason)
+        return None
+
+    def _images_to_disk(self, key: str, images: ImageSet) -> None:
+        assert self.disk is not None
+        metas = np.array([[*m.orig_hw, *m.scale_hw, *m.pad_tl] for m in images.metas],
+                         dtype=np.float64).reshape(-1, 6)
+        self.disk.put("images", key, {
+            "pixels": images.pixels,
+            "paths": np.array([str(p) for p in images.paths], dtype=str),
+            "metas": metas,
+            "failed": np.array([str(p) for p, _ in images.failures], dtype=str),
+            "reasons": np.array([r for _, r in images.failures], dtype=str),
+        })
 
     def _check_size(self, images: ImageSet, split: str) -> None:
         h, w = input_hw(self.input, self.config.preprocess.layout)
@@ -426,8 +553,34 @@ class Engine:
         if name not in self._range_sets:
             if name != "calibration":
                 raise KeyError(f"no ranges named {name!r}; add them with add_ranges")
-            self._range_sets[name] = self.calibrate(self.images("calibration"), record=True)
+            self._range_sets[name] = (
+                self.calibrate(self.images("calibration"), record=True)
+                if self.imported is None
+                else self._imported_ranges()
+            )
         return self._range_sets[name]
+
+    def _imported_ranges(self) -> Ranges:
+        """quantized_model's ranges, then the recipe's range edits (activation clipping) on
+        the calibration images; the recipe's calibration commands are not applied."""
+        assert self.imported is not None
+        ranges = self.imported.ranges()
+        for remedy in self._stage("calibration"):
+            if remedy.index >= 0:
+                self._record(remedy, time.perf_counter(), {
+                    "skipped": "the ranges come from quantized_model "
+                    f"({self.imported.path.name})"
+                })
+        edits = self._stage("ranges")
+        if edits:
+            images = self.images("calibration")
+            for remedy in edits:
+                started = time.perf_counter()
+                edit = remedy.apply(RecipeBackend(self, images, self._plan, ranges))
+                assert isinstance(edit, RangeEdit)
+                ranges = dict(edit.ranges) if edit.replace_all else {**ranges, **edit.ranges}
+                self._record(remedy, started, edit.summary)
+        return ranges
 
     def add_ranges(self, name: str, ranges: Ranges) -> None:
         """Register alternative ranges (e.g. calibrated on held-out images) for quantized
@@ -455,6 +608,24 @@ class Engine:
         held-out evaluation images): the recipe's calibration method, then its range edits
         (activation clipping) measured on the same images. ``record``: log what each command
         did (the recipe's own calibration)."""
+        stages = self._stage("calibration") + self._stage("ranges")
+        disk_key = None
+        if self.disk is not None:
+            disk_key = self._disk_key(
+                "ranges", self._fingerprints["float"], _plan_key(self._plan),
+                files_key(images.paths), self._host_pipeline_key(), self.batch_size,
+                [(r.command, r.params.model_dump(mode="json")) for r in stages],
+            )
+            found = self.disk.get("ranges", disk_key)
+            if found is not None:
+                summaries = json.loads(str(found["summaries"]))
+                if record:
+                    for remedy, summary in zip(stages, summaries, strict=True):
+                        self._record(remedy, time.perf_counter(),
+                                     {**summary, "reused": "from the cache across runs"})
+                return {str(n): (float(lo), float(hi)) for n, lo, hi in
+                        zip(found["names"], found["lo"], found["hi"], strict=True)}
+        summaries = []
         ranges: Ranges = {}
         cal = self.config.calibration
         with self.progress.task(
@@ -466,9 +637,18 @@ class Engine:
                 edit = remedy.apply(RecipeBackend(self, images, self._plan, ranges))
                 assert isinstance(edit, RangeEdit)
                 ranges = dict(edit.ranges) if edit.replace_all else {**ranges, **edit.ranges}
+                summaries.append(edit.summary)
                 if record:
                     self._record(remedy, started, edit.summary)
                 advance(1)
+        if self.disk is not None and disk_key is not None:
+            names = sorted(ranges)
+            self.disk.put("ranges", disk_key, {
+                "names": np.array(names, dtype=str),
+                "lo": np.array([ranges[n][0] for n in names], np.float64),
+                "hi": np.array([ranges[n][1] for n in names], np.float64),
+                "summaries": np.array(json.dumps(_plain(summaries))),
+            })
         return ranges
 
     # --- models ----------------------------------------------------------------------------
@@ -556,6 +736,15 @@ class Engine:
             variant.name,
             self._host_key(context, variant),
         )
+        disk_key = None
+        if key not in self._outputs and self.disk is not None:
+            disk_key = self._disk_key(
+                "outputs", key, files_key(images.paths), self._host_pipeline_key(),
+                self.batch_size,
+            )
+            found = self.disk.get("outputs", disk_key)
+            if found is not None:
+                self._outputs[key] = found
         if key not in self._outputs:
             runner = self._runner(context, plan, ranges)
             parts: list[dict[str, np.ndarray]] = []
@@ -569,7 +758,16 @@ class Engine:
             self._outputs[key] = {
                 n: np.concatenate([p[n] for p in parts]) for n in runner.output_names
             }
+            if self.disk is not None and disk_key is not None:
+                self.disk.put("outputs", disk_key, self._outputs[key])
         return self._outputs[key]
+
+    def _host_pipeline_key(self) -> str:
+        """What the host does around the model (part of every stored output's key)."""
+        return json.dumps([
+            self.config.preprocess.model_dump(mode="json"),
+            [t if isinstance(t, str) else t.model_dump(mode="json") for t in self.transforms],
+        ], sort_keys=True)
 
     def external(self, split: str = "evaluation") -> ExternalOutputs:
         """The external context's outputs over a split, read from ``config.external`` and

@@ -257,3 +257,21 @@ def test_native_preprocess_without_start_nodes_and_with_geometry_is_refused(
                         native_preprocess={"resize": {"size": [8, 8]}})
     with pytest.raises(ConfigError, match="unknown field 'native_preprocess.resize'"):
         parse_config(raw)
+
+
+def test_the_cache_across_runs_keeps_the_full_graphs_preprocessing_apart(
+    digits: dict[str, Path], normalized_model: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the same model, images and preprocess: with start_nodes the full graph is fed without
+    # the host's mean/std, so its stored outputs must not be the uncut run's
+    monkeypatch.setenv("QUANTDOCTOR_CACHE", str(tmp_path / "cache"))
+    preprocess = {"scale": 1 / 255, "mean": MEAN, "std": STD}
+    uncut = digits_doctor(digits, tmp_path / "report", model=str(normalized_model),
+                          preprocess=preprocess)
+    first = Engine(parse_config(uncut)).outputs("native")["logits"]
+    cut = Engine(parse_config({**uncut, "start_nodes": ["mix/Conv"]}))
+    assert not np.allclose(cut.outputs("native")["logits"], first)
+    wide = Engine(parse_config({**uncut, "start_nodes": ["mix/Conv"],
+                                "native_preprocess": {"scale": 1.0}}))
+    assert not np.allclose(wide.outputs("native")["logits"], cut.outputs("native")["logits"])

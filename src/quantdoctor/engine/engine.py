@@ -763,10 +763,14 @@ class Engine:
         return self._outputs[key]
 
     def _host_pipeline_key(self) -> str:
-        """What the host does around the model (part of every stored output's key)."""
+        """What the host does around the model (part of every stored output's key); with
+        start_nodes the full graph is fed otherwise (native_preprocess, no transforms)."""
         return json.dumps([
             self.config.preprocess.model_dump(mode="json"),
             [t if isinstance(t, str) else t.model_dump(mode="json") for t in self.transforms],
+            self.native_preprocessor.config.model_dump(mode="json"),
+            [t if isinstance(t, str) else t.model_dump(mode="json")
+             for t in self.native_transforms],
         ], sort_keys=True)
 
     def external(self, split: str = "evaluation") -> ExternalOutputs:

@@ -60,14 +60,16 @@ def probe_folder(folder: Path, what: str, fix: str) -> None:
         raise ConfigError(f"{what} {folder} is not writable ({_reason(err)}); {fix}") from None
 
 
-def check_output_file(path: Path, force: bool, option: str = "-o") -> None:
+def check_output_file(
+    path: Path, force: bool, option: str = "-o", example: str = "doctor.yaml"
+) -> None:
     """Fail before any work, in one sentence, when ``path`` cannot be written as a file: a
     folder or a device in the way, an existing file without ``force``, a missing, read-only
     or full folder."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path} is a folder; give {option} a file name, e.g. "
-                          f"{path / 'doctor.yaml'}")
+                          f"{path / example}")
     if path.exists() and not path.is_file():
         raise ConfigError(f"{path} is not a regular file; give {option} a file name")
     if path.exists() and not force:

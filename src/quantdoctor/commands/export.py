@@ -42,10 +42,10 @@ from onnx import TensorProto, numpy_helper
 from .. import __version__
 from ..config import DoctorConfig
 from ..errors import QuantdoctorError
+from ..files import check_output_file
 from ..progress import Progress
 from ..quant.qdq import FLOAT_SUFFIX
 from ..report.findings import to_json_types
-from ..scaffold import check_writable
 
 #: Version of the encodings.json layout (docs/encodings.md); bumped on incompatible change.
 FORMAT_VERSION = 1
@@ -489,14 +489,9 @@ def check_outputs(
                 f"{path} is an input of this export (the float model or the config); choose "
                 "another -o file"
             )
-        if path.is_dir():
-            raise QuantdoctorError(
-                f"{path} is a folder; give a file name for -o, e.g. {path / example}"
-            )
-        if path.parent.exists() and not path.parent.is_dir():
-            raise QuantdoctorError(f"{path.parent} is a file, not a folder; fix -o")
-        # an existing file without --force, a missing, read-only or full folder
-        check_writable(path, force)
+        # a folder or device in the way, an existing file without --force, a missing,
+        # read-only or full folder
+        check_output_file(path, force, example=example)
 
 
 def _sha256(path: Path) -> str:

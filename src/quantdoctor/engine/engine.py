@@ -573,14 +573,28 @@ class Engine:
                 })
         edits = self._stage("ranges")
         if edits:
-            images = self.images("calibration")
-            for remedy in edits:
-                started = time.perf_counter()
-                edit = remedy.apply(RecipeBackend(self, images, self._plan, ranges))
-                assert isinstance(edit, RangeEdit)
-                ranges = dict(edit.ranges) if edit.replace_all else {**ranges, **edit.ranges}
-                self._record(remedy, started, edit.summary)
+            ranges, _ = self._apply_range_stages(edits, self.images("calibration"), ranges,
+                                                 record=True)
         return ranges
+
+    def _apply_range_stages(
+        self, remedies: list[Remedy], images: ImageSet, ranges: Ranges, record: bool,
+        advance: Callable[[int], None] | None = None,
+    ) -> tuple[Ranges, list[dict]]:
+        """Calibration and range edits in order, on ``images``: the ranges and each
+        command's summary."""
+        summaries = []
+        for remedy in remedies:
+            started = time.perf_counter()
+            edit = remedy.apply(RecipeBackend(self, images, self._plan, ranges))
+            assert isinstance(edit, RangeEdit)
+            ranges = dict(edit.ranges) if edit.replace_all else {**ranges, **edit.ranges}
+            summaries.append(edit.summary)
+            if record:
+                self._record(remedy, started, edit.summary)
+            if advance:
+                advance(1)
+        return ranges, summaries
 
     def add_ranges(self, name: str, ranges: Ranges) -> None:
         """Register alternative ranges (e.g. calibrated on held-out images) for quantized
@@ -625,22 +639,11 @@ class Engine:
                                      {**summary, "reused": "from the cache across runs"})
                 return {str(n): (float(lo), float(hi)) for n, lo, hi in
                         zip(found["names"], found["lo"], found["hi"], strict=True)}
-        summaries = []
-        ranges: Ranges = {}
         cal = self.config.calibration
         with self.progress.task(
-            f"calibrating ({cal.method}, {len(images)} images)", len(self._stage("calibration"))
-            + len(self._stage("ranges"))
+            f"calibrating ({cal.method}, {len(images)} images)", len(stages)
         ) as advance:
-            for remedy in self._stage("calibration") + self._stage("ranges"):
-                started = time.perf_counter()
-                edit = remedy.apply(RecipeBackend(self, images, self._plan, ranges))
-                assert isinstance(edit, RangeEdit)
-                ranges = dict(edit.ranges) if edit.replace_all else {**ranges, **edit.ranges}
-                summaries.append(edit.summary)
-                if record:
-                    self._record(remedy, started, edit.summary)
-                advance(1)
+            ranges, summaries = self._apply_range_stages(stages, images, {}, record, advance)
         if self.disk is not None and disk_key is not None:
             names = sorted(ranges)
             self.disk.put("ranges", disk_key, {

@@ -26,6 +26,7 @@ from .config import DoctorConfig, TargetConfig
 from .engine import Engine
 from .errors import QuantdoctorError
 from .files import NotSaved, WriteError
+from .profile import StepProfiler
 from .progress import Progress
 from .quant import resolve_target
 from .report import Finding, Report
@@ -57,6 +58,7 @@ class _Run:
         self.write = write
         self.report = Report(config=str(config.source) if config.source else "")
         self.guard = ReportFolder(self.folder)
+        self.profiler = StepProfiler()
         #: the last save's failure, if it failed (cleared by a save that succeeds)
         self.write_error: QuantdoctorError | None = None
         if write:  # before any expensive work
@@ -72,11 +74,15 @@ class _Run:
         #: brings conclusions drawn across steps up to date before each save
         self.conclude: Callable[[Report], None] | None = None
 
-    def save(self) -> None:
+    def save(self, page: bool = True) -> None:
         """findings.json, then index.html from the same content (a failed page never costs
-        the JSON: it is written first, and a page error is only logged)."""
+        the JSON: it is written first, and a page error is only logged). ``page=False``
+        (within a step): the JSON only, the page follows at the step's end."""
         if self.conclude is not None:
             self.conclude(self.report)
+        if hasattr(self, "engine"):
+            self.report.profile = {**self.profiler.summary(),
+                                   "engine": self.engine.costs.to_dict()}
         self.report.recipe = {
             "commands": [
                 yaml.safe_dump(
@@ -98,6 +104,8 @@ class _Run:
                 self.write_error = err
                 return
             self.write_error = None  # a later save wrote everything so far
+            if not page:
+                return
             try:
                 write_html(self.report, self.folder)
             except Exception as e:  # a bug in the page must not lose a diagnosis
@@ -118,7 +126,8 @@ class _Run:
         """Run a step; on bad input, a crash or Ctrl-C keep what is done, record the
         failure, re-raise."""
         try:
-            out = fn()
+            with self.profiler.measure(name):
+                out = fn()
         except QuantdoctorError as err:
             self.report.steps[name] = f"failed: {err}"
             self.save()
@@ -181,7 +190,7 @@ class _Run:
 
         def on_context(partial: EvaluationResult) -> None:
             self.report.contexts = dict(partial.contexts)
-            self.save()
+            self.save(page=False)
 
         result = three_way_test(
             self.engine, self.task, max_drop=budget, seed=self.config.seed,

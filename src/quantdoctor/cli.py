@@ -89,6 +89,11 @@ FailOn = Annotated[
     ),
 ]
 FAIL_ON = ("error", "warning", "degradation")
+ProfileOpt = Annotated[
+    bool,
+    typer.Option("--profile", help="Print where the time and memory went: wall time and peak "
+                 "memory per step, model passes by context (also in findings.json, profile)."),
+]
 NoCache = Annotated[
     bool,
     typer.Option("--no-cache", help="Do not use the cache across runs (decoded images, "
@@ -130,10 +135,16 @@ def failed_findings(report: Report, fail_on: str | None) -> list[Finding]:
 
 def _run(command: str, config: Path, max_drop: float | None, target: str | None,
          report_dir: Path | None, debug: bool, limit: int | None = None,
-         fail_on: str | None = None) -> None:
+         fail_on: str | None = None, profile: bool = False) -> None:
     from . import api
     from .config import load_config
-    from .report.console import RichProgress, print_evaluation, print_findings, print_summary
+    from .report.console import (
+        RichProgress,
+        print_evaluation,
+        print_findings,
+        print_profile,
+        print_summary,
+    )
 
     with _report_run(debug, report_dir) as where:
         _check_target(target)
@@ -156,6 +167,8 @@ def _run(command: str, config: Path, max_drop: float | None, target: str | None,
     else:
         print_evaluation(report, out)
         print_findings(report, out)
+    if profile:
+        print_profile(report, out)
     assert folder is not None
     if unsaved is not None:
         _fail(unsaved, debug)
@@ -218,11 +231,12 @@ def evaluate(
     limit: Limit = None,
     fail_on: FailOn = None,
     no_cache: NoCache = False,
+    profile: ProfileOpt = False,
     debug: Annotated[bool, DEBUG] = False,
 ) -> None:
     """The three-way test: native, quantized and int8 against ground truth, with CIs."""
     _cache_off(no_cache)
-    _run("evaluate", config, max_drop, target, report_dir, debug, limit, fail_on)
+    _run("evaluate", config, max_drop, target, report_dir, debug, limit, fail_on, profile)
 
 
 @app.command()
@@ -234,12 +248,13 @@ def diagnose(
     limit: Limit = None,
     fail_on: FailOn = None,
     no_cache: NoCache = False,
+    profile: ProfileOpt = False,
     debug: Annotated[bool, DEBUG] = False,
 ) -> None:
     """The whole checklist: the float pipeline, then the three-way test; names the top
     suspect."""
     _cache_off(no_cache)
-    _run("diagnose", config, max_drop, target, report_dir, debug, limit, fail_on)
+    _run("diagnose", config, max_drop, target, report_dir, debug, limit, fail_on, profile)
 
 
 @app.command()
@@ -251,12 +266,13 @@ def analyze(
     limit: Limit = None,
     fail_on: FailOn = None,
     no_cache: NoCache = False,
+    profile: ProfileOpt = False,
     debug: Annotated[bool, DEBUG] = False,
 ) -> None:
     """Only the per-layer analysis: noise per layer, ranges, weights, BatchNorm, concat
     outputs, activation functions."""
     _cache_off(no_cache)
-    _run("analyze", config, max_drop, target, report_dir, debug, limit, fail_on)
+    _run("analyze", config, max_drop, target, report_dir, debug, limit, fail_on, profile)
 
 
 @app.command()

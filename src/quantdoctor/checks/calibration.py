@@ -853,7 +853,7 @@ def calibration_checks(
 
     if f_ev is not None and len(f_ev) >= 2:
         with timer("domain"):
-            hw = cal.pixels.shape[1:3]
+            hw = cal.hw
             add(
                 _domain(
                     cal,

@@ -25,27 +25,49 @@ MAX_FAILED_FRACTION = 0.05
 class ImageSet:
     """Preprocessed images of one split: uint8 RGB pixels [N, H, W, 3] plus labels and metadata.
 
-    ``failures`` lists the files that could not be read (skipped, never silently)."""
+    ``failures`` lists the files that could not be read (skipped, never silently). A subset
+    holds row numbers into its parent's pixels, not a copy of them (``rows``): the pixels of
+    a run are held once, whatever subsets the checks draw from them.
+
+    >>> images.batch(0, 16).shape                   # doctest: +SKIP
+    (16, 224, 224, 3)"""
 
     paths: list[Path]
-    pixels: np.ndarray
+    stored: np.ndarray
     labels: np.ndarray | None
     metas: list[ImageMeta]
     failures: list[tuple[Path, str]] = field(default_factory=list)
     boxes: list[BoxLabels] | None = None
+    #: the rows of ``stored`` that are this set's images, in order (None: all of them)
+    rows: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """All pixels [N, H, W, 3] (a copy for a subset: prefer :meth:`batch`)."""
+        return self.stored if self.rows is None else self.stored[self.rows]
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        """Height and width of every image."""
+        return int(self.stored.shape[1]), int(self.stored.shape[2])
+
+    def batch(self, start: int, stop: int) -> np.ndarray:
+        """The pixels of images ``start`` … ``stop - 1``."""
+        return self.stored[start:stop] if self.rows is None else self.stored[self.rows[start:stop]]
 
     def subset(self, index: np.ndarray | Sequence[int]) -> ImageSet:
         idx = np.asarray(index, dtype=np.int64)
         return ImageSet(
             [self.paths[i] for i in idx],
-            self.pixels[idx],
+            self.stored,
             None if self.labels is None else self.labels[idx],
             [self.metas[i] for i in idx],
             list(self.failures),
             None if self.boxes is None else [self.boxes[i] for i in idx],
+            idx if self.rows is None else self.rows[idx],
         )
 
 

@@ -14,7 +14,7 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,8 +64,10 @@ from .runner import OrtRunner
 #: Contexts (DESIGN §2); external's outputs are read from files (config external), not run.
 CONTEXTS = ("native", "fp_optimized", "quantized", "int8", "external")
 #: ONNX Runtime sessions kept at once (least recently used dropped first): each holds its
-#: model and memory, and a diagnose builds dozens (plans, captures); outputs stay cached.
-MAX_SESSIONS = 8
+#: model and its arena (on Lite0, batch 16: about 150 MB float, 480 MB float emulation of
+#: QDQ), and a diagnose builds dozens (plans, captures); outputs stay cached, and a session
+#: is rebuilt in a fraction of a second.
+MAX_SESSIONS = 3
 _OPTIMIZATION = {"native": "all", "fp_optimized": "all", "quantized": "emulate", "int8": "all"}
 
 
@@ -85,6 +87,36 @@ class InputVariant:
 
 
 DECLARED = InputVariant("declared")
+
+
+@dataclass
+class EngineCosts:
+    """What an engine (and its siblings) ran and how long it took, for ``--profile``: the
+    seconds and images of every model pass by context, of captures and of decoding, and how
+    many outputs came from the cache across runs."""
+
+    decode_s: float = 0.0
+    decoded_images: int = 0
+    run_s: dict[str, float] = field(default_factory=dict)
+    run_images: dict[str, int] = field(default_factory=dict)
+    capture_s: float = 0.0
+    captured_images: int = 0
+    outputs_from_disk: int = 0
+
+    def add_run(self, context: str, seconds: float, images: int) -> None:
+        self.run_s[context] = self.run_s.get(context, 0.0) + seconds
+        self.run_images[context] = self.run_images.get(context, 0) + images
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "decode_s": round(self.decode_s, 3),
+            "decoded_images": self.decoded_images,
+            "run_s": {k: round(v, 3) for k, v in sorted(self.run_s.items())},
+            "run_images": dict(sorted(self.run_images.items())),
+            "capture_s": round(self.capture_s, 3),
+            "captured_images": self.captured_images,
+            "outputs_from_disk": self.outputs_from_disk,
+        }
 
 
 def _plan_key(plan: QuantPlan) -> str:
@@ -197,6 +229,8 @@ class Engine:
         self._splits: dict[str, ImageSet] = {}
         self._class_names: list[str] | None = None
         self.data_notes: list[str] = []
+        #: what was run and how long it took (shared with sibling engines)
+        self.costs = EngineCosts()
         #: the most recently used sessions (each holds its model and memory)
         self._runners: OrderedDict[tuple[str, str, str], OrtRunner] = OrderedDict()
         self._outputs: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
@@ -277,6 +311,7 @@ class Engine:
         images (same ``data`` and ``seed``), its splits."""
         other._decoded = self._decoded
         other.disk = self.disk
+        other.costs = self.costs
         if _sampling_key(other.config) == _sampling_key(self.config):
             other._splits = self._splits
             other._class_names = self._class_names
@@ -438,6 +473,7 @@ class Engine:
         if split not in self._splits:
             records = self._records(split)
             stored = self._images_from_disk(records)
+            started, known = time.perf_counter(), len(self._decoded)
             with self.progress.task(f"decoding {split} images", len(records)) as advance:
                 images = load_images(
                     records,
@@ -446,6 +482,8 @@ class Engine:
                     progress=advance,
                     what=f"{split} images",
                 )
+            self.costs.decode_s += time.perf_counter() - started
+            self.costs.decoded_images += len(self._decoded) - known
             if len(images) == 0:
                 raise DataError(f"no readable {split} images")
             if stored is not None:
@@ -493,7 +531,7 @@ class Engine:
 
     def _check_size(self, images: ImageSet, split: str) -> None:
         h, w = input_hw(self.input, self.config.preprocess.layout)
-        got = images.pixels.shape[1:3]
+        got = images.hw
         if (isinstance(h, int) and h != got[0]) or (isinstance(w, int) and w != got[1]):
             raise ModelError(
                 f"model input '{self.input.name}' takes {h}x{w} images but the {split} "
@@ -523,7 +561,7 @@ class Engine:
         transforms = self.native_transforms if variant.transforms is None else variant.transforms
         for start in range(0, len(images), self.batch_size):
             x = pre.finish(
-                images.pixels[start : start + self.batch_size],
+                images.batch(start, start + self.batch_size),
                 color=variant.color,
                 mean=True if host_norm else None,
                 std=True if host_norm else None,
@@ -709,11 +747,21 @@ class Engine:
             self._runners.popitem(last=False)  # outputs stay cached; sessions are rebuilt
         self._runners[key] = OrtRunner(
             self.model(context, plan, ranges),
-            _OPTIMIZATION[context],
+            self._optimization(context, plan),
             extra,
             reduced_outputs=reduced,
         )
         return self._runners[key]
+
+    def _optimization(self, context: str, plan: QuantPlan | None) -> str:
+        """How ONNX Runtime runs a context's model. A plan with float activations has nothing
+        for the integer kernels to fuse, and with fusion on ONNX Runtime keeps each weight's
+        DequantizeLinear for it, so the float convolutions cannot pre-pack their weights:
+        such a model runs as emulation (its weights' DequantizeLinear folded once), the same
+        float arithmetic 3x faster (Lite0, weights only: 198 against 63 images/s)."""
+        if context == "int8" and not (plan or self.plan()).quantize_activations:
+            return "emulate"
+        return _OPTIMIZATION[context]
 
     # --- outputs and tensors ---------------------------------------------------------------
     def outputs(
@@ -748,7 +796,9 @@ class Engine:
             found = self.disk.get("outputs", disk_key)
             if found is not None:
                 self._outputs[key] = found
+                self.costs.outputs_from_disk += 1
         if key not in self._outputs:
+            started = time.perf_counter()
             runner = self._runner(context, plan, ranges)
             parts: list[dict[str, np.ndarray]] = []
             what = "" if variant is DECLARED else f" ({variant.name})"
@@ -761,6 +811,7 @@ class Engine:
             self._outputs[key] = {
                 n: np.concatenate([p[n] for p in parts]) for n in runner.output_names
             }
+            self.costs.add_run(context, time.perf_counter() - started, len(images))
             if self.disk is not None and disk_key is not None:
                 self.disk.put("outputs", disk_key, self._outputs[key])
         return self._outputs[key]
@@ -813,7 +864,11 @@ class Engine:
         ``<name>__float`` the value before quantization."""
         runner = self._runner(context, plan, ranges, extra=tuple(names))
         for x in self.batches(images, context, variant):
-            yield runner.run(x, names)
+            started = time.perf_counter()
+            got = runner.run(x, names)
+            self.costs.capture_s += time.perf_counter() - started
+            self.costs.captured_images += len(x)
+            yield got
 
     def capture_minmax(
         self,
@@ -828,7 +883,10 @@ class Engine:
         runner = self._runner(context, plan, ranges, reduced=tuple(names))
         outs = [f"{n}__{r}" for n in names for r in ("min", "max")]
         for x in self.batches(images, context):
+            started = time.perf_counter()
             got = runner.run(x, outs)
+            self.costs.capture_s += time.perf_counter() - started
+            self.costs.captured_images += len(x)
             if advance:
                 advance(len(x))
             yield {

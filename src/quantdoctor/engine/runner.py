@@ -50,7 +50,10 @@ class OrtRunner:
         self.session = make_session(
             model,
             emulate=optimization == "emulate",
-            arena=not extra_outputs,
+            # no arena where tensors leave the session, nor for in-graph min/max: ONNX
+            # Runtime's arena then grows to every activation of the batch at once and keeps
+            # it for the session's life (measured on Lite0, batch 16: 1.29 GB against 0.41)
+            arena=not (extra_outputs or reduced_outputs),
             threads=threads,
         )
         inp = self.session.get_inputs()[0]

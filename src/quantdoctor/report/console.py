@@ -264,3 +264,38 @@ def print_fix(fix: dict, console: Console) -> None:
     console.print(
         f"{100 * fix.get('macs_16bit', 0):.1f}% of MACs at 16 bits, {fix.get('evaluations')} "
         f"evaluations, {fix.get('seconds', 0):.0f} s", markup=False, highlight=False)
+
+
+def print_profile(report: Report, console: Console) -> None:
+    """``--profile``: wall time and peak resident memory per step, then what the engine ran
+    (model passes by context, captures, decoding)."""
+    profile = report.profile
+    if not profile:
+        return
+    table = Table(title="Where the time went", title_justify="left")
+    table.add_column("step")
+    table.add_column("wall (s)", justify="right")
+    table.add_column("peak RSS (MB)", justify="right")
+    table.add_column("RSS after (MB)", justify="right")
+    for name, s in profile.get("steps", {}).items():
+        table.add_row(name, f"{s['wall_s']:.1f}", f"{s['peak_rss_mb']:.0f}", f"{s['rss_mb']:.0f}")
+    table.add_row("total", f"{profile.get('total_wall_s', 0.0):.1f}",
+                  f"{profile.get('peak_rss_mb', 0.0):.0f}", "", style="bold")
+    console.print(table)
+    engine = profile.get("engine") or {}
+    runs = engine.get("run_s") or {}
+    if runs or engine.get("decoded_images"):
+        passes = Table(title="Model passes", title_justify="left")
+        passes.add_column("what")
+        passes.add_column("images", justify="right")
+        passes.add_column("seconds", justify="right")
+        for context, seconds in runs.items():
+            passes.add_row(context, str(engine["run_images"].get(context, 0)), f"{seconds:.1f}")
+        passes.add_row("captures", str(engine.get("captured_images", 0)),
+                       f"{engine.get('capture_s', 0.0):.1f}")
+        passes.add_row("decoding", str(engine.get("decoded_images", 0)),
+                       f"{engine.get('decode_s', 0.0):.1f}")
+        console.print(passes)
+        if engine.get("outputs_from_disk"):
+            console.print(f"{engine['outputs_from_disk']} model output set(s) read from the "
+                          "cache across runs", markup=False)

@@ -111,6 +111,9 @@ class Report:
     recipe: dict[str, Any] = field(default_factory=dict)
     #: ``quantdoctor fix``: the steps tried, the confirmed result, the recipe (empty: no fix).
     fix: dict[str, Any] = field(default_factory=dict)
+    #: Where the run's time and memory went: per step wall time and peak resident memory,
+    #: and what the engine ran (quantdoctor.profile; ``--profile`` prints it).
+    profile: dict[str, Any] = field(default_factory=dict)
 
     def ranked(self) -> list[Finding]:
         """Most important first: by severity, causes before the symptom (the drop itself),
@@ -144,6 +147,7 @@ class Report:
                 "evidence": self.evidence,
                 "recipe": self.recipe,
                 **({"fix": self.fix} if self.fix else {}),
+                **({"profile": self.profile} if self.profile else {}),
             }
         )
 

@@ -128,6 +128,7 @@ class _Run:
         try:
             with self.profiler.measure(name):
                 out = fn()
+                self.engine.release_memory()
         except QuantdoctorError as err:
             self.report.steps[name] = f"failed: {err}"
             self.save()

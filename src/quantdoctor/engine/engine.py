@@ -58,6 +58,7 @@ from ..quant.remedies import (
 from ..quant.target import PROFILES
 from .disk_cache import DiskCache, content_key, files_key
 from .external import ExternalOutputs, OutputSpec, external_key, output_specs, read_external
+from .memory import release_free_memory
 from .recipe import RecipeBackend, RemedyRecord
 from .runner import OrtRunner
 
@@ -753,6 +754,10 @@ class Engine:
         )
         return self._runners[key]
 
+    def release_memory(self) -> None:
+        """Give the memory freed so far back to the system (after a step: its captures)."""
+        release_free_memory()
+
     def _optimization(self, context: str, plan: QuantPlan | None) -> str:
         """How ONNX Runtime runs a context's model. A plan with float activations has nothing
         for the integer kernels to fuse, and with fusion on ONNX Runtime keeps each weight's
@@ -812,6 +817,8 @@ class Engine:
                 n: np.concatenate([p[n] for p in parts]) for n in runner.output_names
             }
             self.costs.add_run(context, time.perf_counter() - started, len(images))
+            del parts
+            release_free_memory()
             if self.disk is not None and disk_key is not None:
                 self.disk.put("outputs", disk_key, self._outputs[key])
         return self._outputs[key]
@@ -869,6 +876,8 @@ class Engine:
             self.costs.capture_s += time.perf_counter() - started
             self.costs.captured_images += len(x)
             yield got
+            del got
+            release_free_memory()  # the batch's tensors are dropped: their pages go back
 
     def capture_minmax(
         self,

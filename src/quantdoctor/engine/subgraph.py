@@ -37,6 +37,7 @@ from ..data import ImageSet
 from ..errors import ModelError
 from ..quant import LayerInfo, QuantPlan, Ranges, build_qdq
 from ..stats import MAX_SNR_DB, snr_db
+from .memory import release_free_memory
 from .sessions import make_session
 
 if TYPE_CHECKING:
@@ -555,6 +556,9 @@ class LayerSweep:
                         results[v.key].add(o, captured[o], outs[o])
                 self.cost.run_s += time.perf_counter() - start
                 self.cost.variants += 1
+                if not several:
+                    del entry, session  # used once: its memory goes back now
+                    release_free_memory()
                 done += share
                 if callable(advance) and int(done + 1e-9) > told:
                     advance(int(done + 1e-9) - told)

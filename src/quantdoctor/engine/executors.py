@@ -223,8 +223,10 @@ class RayExecutor:
                     for other in pending:
                         self.ray.cancel(other, force=True)
                     text = str(err).strip().splitlines()
+                    ip = getattr(err, "ip", None)  # RayTaskError knows its node
+                    where = f" on node {ip}" if ip else ""
                     raise QuantdoctorError(
-                        f"a Ray task of {what} failed after {MAX_RETRIES} retries "
+                        f"a Ray task of {what} failed{where} after {MAX_RETRIES} retries "
                         f"(shard {index[ref] + 1} of {len(refs)}: "
                         f"{text[0] if text else type(err).__name__}); no results on fewer "
                         "images are reported — check the worker logs on the cluster "
@@ -255,9 +257,9 @@ class RayExecutor:
         state_ref = self.put(f"sweep:{state_key}", lambda: state)
         group_ref = self.put(f"group:{state_key}", lambda: group)
         parts = min(len(variants), self.cpus * SHARDS_PER_CPU)
-        bounds = np.linspace(0, len(variants), parts + 1).round().astype(int)
-        chunks = [list(variants[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)
-                  if b > a]
+        # interleaved, not contiguous: a layer early in the graph reruns more of it (costs
+        # more) than a late one, so contiguous shards would leave the first worker the longest
+        chunks = [list(variants[i::parts]) for i in range(parts)]
         refs = [self._sweep.remote(state_key, [state_ref], group_ref, c) for c in chunks]
         got = self._gather(refs, [len(c) for c in chunks], "the per-layer sweep", advance)
         results: dict[str, Any] = {}

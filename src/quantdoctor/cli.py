@@ -101,6 +101,24 @@ NoCache = Annotated[
 ]
 
 
+ExecutorOpt = Annotated[
+    str | None,
+    typer.Option(help="Where the work runs: local (default) or ray (the config's "
+                 "executor.address, default auto; needs pip install 'quantdoctor[ray]')."),
+]
+
+
+def with_executor(cfg: DoctorConfig, executor: str | None) -> DoctorConfig:
+    """The config with ``executor.type`` set from ``--executor`` (checked: one sentence)."""
+    if executor is None:
+        return cfg
+    if executor not in ("local", "ray"):
+        raise QuantdoctorError(f"--executor {executor!r} is unknown; use local or ray")
+    return cfg.model_copy(
+        update={"executor": cfg.executor.model_copy(update={"type": executor})}
+    )
+
+
 def _cache_off(no_cache: bool) -> None:
     if no_cache:  # read by the engine (engine/disk_cache.py)
         os.environ["QUANTDOCTOR_CACHE"] = "off"
@@ -135,7 +153,8 @@ def failed_findings(report: Report, fail_on: str | None) -> list[Finding]:
 
 def _run(command: str, config: Path, max_drop: float | None, target: str | None,
          report_dir: Path | None, debug: bool, limit: int | None = None,
-         fail_on: str | None = None, profile: bool = False) -> None:
+         fail_on: str | None = None, profile: bool = False,
+         executor: str | None = None) -> None:
     from . import api
     from .config import load_config
     from .report.console import (
@@ -149,7 +168,7 @@ def _run(command: str, config: Path, max_drop: float | None, target: str | None,
     with _report_run(debug, report_dir) as where:
         _check_target(target)
         _check_options(max_drop, limit, fail_on)
-        cfg = with_limit(load_config(config), limit)
+        cfg = with_executor(with_limit(load_config(config), limit), executor)
         where.folder = report_dir or cfg.report.dir
         unsaved: NotSaved | None = None
         try:
@@ -232,11 +251,13 @@ def evaluate(
     fail_on: FailOn = None,
     no_cache: NoCache = False,
     profile: ProfileOpt = False,
+    executor: ExecutorOpt = None,
     debug: Annotated[bool, DEBUG] = False,
 ) -> None:
     """The three-way test: native, quantized and int8 against ground truth, with CIs."""
     _cache_off(no_cache)
-    _run("evaluate", config, max_drop, target, report_dir, debug, limit, fail_on, profile)
+    _run("evaluate", config, max_drop, target, report_dir, debug, limit, fail_on, profile,
+         executor)
 
 
 @app.command()
@@ -249,12 +270,14 @@ def diagnose(
     fail_on: FailOn = None,
     no_cache: NoCache = False,
     profile: ProfileOpt = False,
+    executor: ExecutorOpt = None,
     debug: Annotated[bool, DEBUG] = False,
 ) -> None:
     """The whole checklist: the float pipeline, then the three-way test; names the top
     suspect."""
     _cache_off(no_cache)
-    _run("diagnose", config, max_drop, target, report_dir, debug, limit, fail_on, profile)
+    _run("diagnose", config, max_drop, target, report_dir, debug, limit, fail_on, profile,
+         executor)
 
 
 @app.command()
@@ -267,12 +290,14 @@ def analyze(
     fail_on: FailOn = None,
     no_cache: NoCache = False,
     profile: ProfileOpt = False,
+    executor: ExecutorOpt = None,
     debug: Annotated[bool, DEBUG] = False,
 ) -> None:
     """Only the per-layer analysis: noise per layer, ranges, weights, BatchNorm, concat
     outputs, activation functions."""
     _cache_off(no_cache)
-    _run("analyze", config, max_drop, target, report_dir, debug, limit, fail_on, profile)
+    _run("analyze", config, max_drop, target, report_dir, debug, limit, fail_on, profile,
+         executor)
 
 
 @app.command()
@@ -430,6 +455,7 @@ def fix(
     report_dir: ReportDir = None,
     limit: Limit = None,
     no_cache: NoCache = False,
+    executor: ExecutorOpt = None,
     debug: Annotated[bool, DEBUG] = False,
 ) -> None:
     """Diagnose, then try the remedies of the causes found, cheapest and most promising
@@ -451,7 +477,7 @@ def fix(
     with _report_run(debug, report_dir) as where:
         _check_target(target)
         _check_options(None, limit, None)  # the budget: check_budget, below
-        cfg = with_limit(load_config(config), limit)
+        cfg = with_executor(with_limit(load_config(config), limit), executor)
         where.folder = report_dir or cfg.report.dir
         check_budget(cfg.max_drop if max_drop is None else max_drop, max_16bit_macs,
                      max_evaluations)

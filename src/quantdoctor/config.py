@@ -11,6 +11,7 @@ Errors name the field path, the bad value and what is allowed::
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -455,6 +456,25 @@ class ExternalConfig(_Strict):
         return self
 
 
+class ExecutorConfig(_Strict):
+    """Where the parallel work runs: ``local`` (this process, the default) or ``ray`` (a Ray
+    cluster at ``address``: ``auto`` — started with ``ray start --head`` on this machine, else
+    a local one — ``ray://host:port`` or ``host:port``)."""
+
+    type: Literal["local", "ray"] = "local"
+    address: str = "auto"
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        value = value.strip()
+        if value != "auto" and not re.fullmatch(r"(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d+", value):
+            raise ValueError(
+                f"{value!r} is not a Ray address; use auto, ray://host:port or host:port"
+            )
+        return value
+
+
 class ReportConfig(_Strict):
     dir: Path = Path("report")
 
@@ -489,6 +509,7 @@ class DoctorConfig(_Strict):
     recipe: list[RecipeStep] = Field(default_factory=list)
     report: ReportConfig = ReportConfig()
     external: ExternalConfig | None = None
+    executor: ExecutorConfig = ExecutorConfig()
     max_drop: float = Field(default=1.0, ge=0)
     seed: int = Field(default=0, ge=0)
     batch_size: int | None = Field(default=None, gt=0)

@@ -42,7 +42,7 @@ from ..errors import ConfigError, DataError, ModelError
 from ..graph import ModelInfo, check_input_matches, clean_model, inspect_model, load_model
 from ..graph.cut import StartCut, check_cut_input, cut_start_nodes
 from ..graph.model import input_hw
-from ..graph.transforms import apply_input_transforms, cut_end_nodes, host_input_transform
+from ..graph.transforms import apply_input_transforms, cut_end_nodes
 from ..progress import NullProgress, Progress
 from ..quant import QuantPlan, Ranges, Target, build_qdq, find_layers, resolve_target
 from ..quant.imported import ImportedQuantization, imported_weights_model, read_quantized_model
@@ -57,6 +57,7 @@ from ..quant.remedies import (
 )
 from ..quant.target import PROFILES
 from .disk_cache import DiskCache, content_key, files_key
+from .executors import HostBatcher, RayExecutor, make_executor
 from .external import ExternalOutputs, OutputSpec, external_key, output_specs, read_external
 from .memory import release_free_memory
 from .recipe import RecipeBackend, RemedyRecord
@@ -224,6 +225,8 @@ class Engine:
             import_seconds = time.perf_counter() - started
         self.layers: list[LayerInfo] = find_layers(self.float_model, self.target)
         self.batch_size = self.input.fixed_batch or config.batch_size or 16
+        #: where inference and the sweep run: None here (the default), or a Ray cluster
+        self.executor: RayExecutor | None = make_executor(config.executor)
         self._decoded: DecodeCache = {}
         #: decoded images, ranges and outputs across runs (None: off), keyed by content
         self.disk: DiskCache | None = DiskCache.from_environment()
@@ -313,6 +316,7 @@ class Engine:
         other._decoded = self._decoded
         other.disk = self.disk
         other.costs = self.costs
+        other.executor = self.executor
         if _sampling_key(other.config) == _sampling_key(self.config):
             other._splits = self._splits
             other._class_names = self._class_names
@@ -556,20 +560,20 @@ class Engine:
         """Model-input batches (float32): the host preprocessing, plus, for the native context,
         the recipe's input transforms applied on the host (with start_nodes: the full
         graph's preprocessing, ``native_preprocess``, and no transforms)."""
-        host_norm = variant.host_normalization
+        yield from self.batcher(context, variant)(images)
+
+    def batcher(
+        self, context: str = "fp_optimized", variant: InputVariant = DECLARED
+    ) -> HostBatcher:
+        """What :meth:`batches` does to a split's pixels, as a small picklable object (the
+        same on a Ray worker)."""
         native = context == "native"
         pre = self.native_preprocessor if native else self.preprocessor
         transforms = self.native_transforms if variant.transforms is None else variant.transforms
-        for start in range(0, len(images), self.batch_size):
-            x = pre.finish(
-                images.batch(start, start + self.batch_size),
-                color=variant.color,
-                mean=True if host_norm else None,
-                std=True if host_norm else None,
-            )
-            if native and transforms:
-                x = host_input_transform(x, transforms, pre.config.layout)
-            yield x
+        return HostBatcher(
+            pre, self.batch_size, variant.color, variant.host_normalization,
+            tuple(transforms) if native and transforms else (), pre.config.layout,
+        )
 
     def _host_key(self, context: str, variant: InputVariant) -> str:
         """What the host applies beyond the preprocessing (see :meth:`batches`), for the
@@ -802,6 +806,19 @@ class Engine:
             if found is not None:
                 self._outputs[key] = found
                 self.costs.outputs_from_disk += 1
+        if key not in self._outputs and self.executor is not None:
+            started = time.perf_counter()
+            what = "" if variant is DECLARED else f" ({variant.name})"
+            with self.progress.task(
+                f"running {context}{what} on {len(images)} {split} images (Ray)", len(images)
+            ) as advance:
+                self._outputs[key] = self.executor.outputs(
+                    key[0], self.model(context, plan, ranges), self._optimization(context, plan),
+                    key[1], images.pixels, self.batcher(context, variant), advance,
+                )
+            self.costs.add_run(context, time.perf_counter() - started, len(images))
+            if self.disk is not None and disk_key is not None:
+                self.disk.put("outputs", disk_key, self._outputs[key])
         if key not in self._outputs:
             started = time.perf_counter()
             runner = self._runner(context, plan, ranges)

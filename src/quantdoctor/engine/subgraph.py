@@ -23,11 +23,13 @@ result up to float summation order.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -412,6 +414,8 @@ class LayerSweep:
         self._float_sessions: dict[int, _Session] = {}
         self._cached: list[dict[str, np.ndarray]] | None = None
         self._dtypes: dict[str, np.dtype] = {}
+        #: what a Ray executor ships this sweep under (once per sweep)
+        self._key = uuid.uuid4().hex
 
     # --- float tensors -------------------------------------------------------------------
     def _capture(self) -> Iterator[list[dict[str, np.ndarray]]]:
@@ -537,6 +541,11 @@ class LayerSweep:
         self.cost.model_node_images = self.chunked.n_nodes * len(self.images)
         if len(results) != len(variants):
             raise ValueError("variant keys must be unique")
+        executor = getattr(self.engine, "executor", None)
+        if executor is not None and variants:
+            group = next(self._capture())
+            if self._cached is not None:  # one group: the workers share it, by variants
+                return self._run_remote(executor, group, variants, advance)
         kept: dict[str, tuple[_Session, int, int, set[str]]] = {}
         n_images, done, told = max(1, len(self.images)), 0.0, 0
         for group in self._capture():
@@ -564,6 +573,54 @@ class LayerSweep:
                     advance(int(done + 1e-9) - told)
                     told = int(done + 1e-9)
         return results
+
+
+    def _run_remote(
+        self, executor: Any, group: list[dict[str, np.ndarray]], variants: Sequence[Variant],
+        advance: object | None,
+    ) -> dict[str, OutputNoise]:
+        """:meth:`run` with the variants sharded over the executor's workers: each gets this
+        sweep (chunked model, ranges; no sessions) and the captured tensors once."""
+        state = copy.copy(self)
+        state.engine = _EngineStub(self.engine.input.name, self.engine.ranges())
+        state.images = _Count(len(self.images))
+        state.cost = SweepCost()
+        state._float_sessions = {}
+        state._cached = None
+        results, costs = executor.sweep(
+            state, self._key, group, variants,
+            advance if callable(advance) else (lambda n: None),
+        )
+        for cost in costs:
+            for name in ("build_s", "sessions_s", "run_s", "variants", "chunk_runs",
+                         "node_images"):
+                setattr(self.cost, name, getattr(self.cost, name) + getattr(cost, name))
+        return {v.key: results[v.key] for v in variants}
+
+
+@dataclass
+class _EngineStub:
+    """What a sweep on a worker needs of the engine: the input's name and the ranges."""
+
+    name: str
+    calibration: Ranges
+
+    @property
+    def input(self) -> _EngineStub:
+        return self
+
+    def ranges(self) -> Ranges:
+        return self.calibration
+
+
+@dataclass
+class _Count:
+    """The number of images a sweep on a worker runs (it gets their tensors, not them)."""
+
+    n: int
+
+    def __len__(self) -> int:
+        return self.n
 
 
 def _is_float(vi: onnx.ValueInfoProto) -> bool:

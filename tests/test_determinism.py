@@ -13,8 +13,9 @@ from typing import Any
 
 def _is_timing(key: str) -> bool:
     # The report's timing fields: "seconds" (recipe steps), "*_s" (capture_s, build_s,
-    # sessions_s, run_s, and the timings_s tables).
-    return key == "seconds" or key.endswith("_s")
+    # sessions_s, run_s, and the timings_s tables), and "profile" (wall time and memory per
+    # step, measured, not computed).
+    return key in ("seconds", "profile") or key.endswith("_s")
 
 
 def _without_timings(value: Any, dropped: list[str]) -> Any:
@@ -52,7 +53,7 @@ def test_diagnose_twice_gives_the_same_findings_json(digits_config, tmp_path: Pa
     dropped: list[str] = []
     a = _without_timings(json.loads(first), dropped)
     b = _without_timings(json.loads(second), [])
-    assert {"capture_s", "seconds", "timings_s"} <= set(dropped)  # the timings were there
+    assert {"capture_s", "seconds", "timings_s", "profile"} <= set(dropped)  # the timings were there
     # the whole checklist ran: a comparison of nothing would prove nothing
     assert set(a["steps"]) >= {"setup", "pipeline", "calibration", "evaluation", "layers"}
     assert all(state == "done" for state in a["steps"].values())

@@ -25,6 +25,27 @@ DISABLED_OPTIMIZERS = ["WeightBiasQuantization"]
 QDQ_MATMULNBITS_ACCURACY_LEVEL = "session.qdq_matmulnbits_accuracy_level"
 
 
+_SHARED_ARENA: list[bool] = []
+
+
+def _use_shared_arena(opts: ort.SessionOptions) -> None:
+    """Sessions with an arena share one, registered once per process, that grows by what is
+    asked (not by doubling): each session's own arena would keep its peak for the session's
+    life, and a per-layer sweep keeps a dozen chunk sessions (Lite0: 3.6 GB peak with their
+    own arenas, 2.8 GB with one shared; the same outputs)."""
+    if not _SHARED_ARENA:
+        try:
+            info = ort.OrtMemoryInfo(
+                "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+            )
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg({"arena_extend_strategy": 1}))
+            _SHARED_ARENA.append(True)
+        except Exception:  # an ONNX Runtime without it: every session keeps its own arena
+            _SHARED_ARENA.append(False)
+    if _SHARED_ARENA[0]:
+        opts.add_session_config_entry("session.use_env_allocators", "1")
+
+
 def cpu_threads() -> int:
     """The cores this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -62,6 +83,8 @@ def make_session(
     opts.intra_op_num_threads = threads or cpu_threads()
     opts.inter_op_num_threads = 1
     opts.enable_cpu_mem_arena = arena
+    if arena:
+        _use_shared_arena(opts)
     try:
         return ort.InferenceSession(
             model.SerializeToString(),

@@ -53,7 +53,8 @@ def test_diagnose_twice_gives_the_same_findings_json(digits_config, tmp_path: Pa
     dropped: list[str] = []
     a = _without_timings(json.loads(first), dropped)
     b = _without_timings(json.loads(second), [])
-    assert {"capture_s", "seconds", "timings_s", "profile"} <= set(dropped)  # the timings were there
+    # the timings were there
+    assert {"capture_s", "seconds", "timings_s", "profile"} <= set(dropped)
     # the whole checklist ran: a comparison of nothing would prove nothing
     assert set(a["steps"]) >= {"setup", "pipeline", "calibration", "evaluation", "layers"}
     assert all(state == "done" for state in a["steps"].values())

@@ -53,6 +53,7 @@ How to run
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import pathlib
 import time
@@ -175,7 +176,7 @@ def minibatches(
     order = rng.permutation(len(images))
     for start in range(0, len(order), batch_size):
         batch = images.subset(order[start : start + batch_size])
-        batch.pixels = augment(batch.pixels, rng)
+        batch = dataclasses.replace(batch, stored=augment(batch.pixels, rng), rows=None)
         x = np.concatenate(list(engine.batches(batch, "fp_optimized")))
         yield x, batch.labels
 

@@ -80,9 +80,7 @@ class _Run:
         (within a step): the JSON only, the page follows at the step's end."""
         if self.conclude is not None:
             self.conclude(self.report)
-        if hasattr(self, "engine"):
-            self.report.profile = {**self.profiler.summary(),
-                                   "engine": self.engine.costs.to_dict()}
+        self.report.profile = {**self.profiler.summary(), "engine": self.engine.costs.to_dict()}
         self.report.recipe = {
             "commands": [
                 yaml.safe_dump(

@@ -74,9 +74,9 @@ class HostBatcher:
         from ..graph.transforms import host_input_transform
 
         norm = True if self.host_normalization else None
+        is_set = isinstance(pixels, ImageSet)
         for start in range(0, len(pixels), self.batch_size):
             stop = start + self.batch_size
-            is_set = isinstance(pixels, ImageSet)
             batch = pixels.batch(start, stop) if is_set else pixels[start:stop]
             x = self.preprocessor.finish(batch, color=self.color, mean=norm, std=norm)
             if self.transforms:

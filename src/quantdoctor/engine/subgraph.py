@@ -24,6 +24,7 @@ result up to float summation order.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
 import uuid
@@ -541,14 +542,16 @@ class LayerSweep:
         self.cost.model_node_images = self.chunked.n_nodes * len(self.images)
         if len(results) != len(variants):
             raise ValueError("variant keys must be unique")
+        groups: Iterator[list[dict[str, np.ndarray]]] = self._capture()
         executor = getattr(self.engine, "executor", None)
         if executor is not None and variants:
-            group = next(self._capture())
+            first = next(groups)
             if self._cached is not None:  # one group: the workers share it, by variants
-                return self._run_remote(executor, group, variants, advance)
+                return self._run_remote(executor, first, variants, advance)
+            groups = itertools.chain([first], groups)  # over budget: here, group by group
         kept: dict[str, tuple[_Session, int, int, set[str]]] = {}
         n_images, done, told = max(1, len(self.images)), 0.0, 0
-        for group in self._capture():
+        for group in groups:
             share = sum(len(c[self.engine.input.name]) for c in group) / n_images
             # All images in one group: each variant's session is used once and dropped;
             # several groups: sessions are built once and kept for the next group.
@@ -573,7 +576,6 @@ class LayerSweep:
                     advance(int(done + 1e-9) - told)
                     told = int(done + 1e-9)
         return results
-
 
     def _run_remote(
         self, executor: Any, group: list[dict[str, np.ndarray]], variants: Sequence[Variant],

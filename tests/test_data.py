@@ -117,6 +117,37 @@ def test_finish_color_scale_mean_std_layout() -> None:
     assert nhwc.shape == (1, 2, 2, 3)
 
 
+@pytest.mark.parametrize("color", ["rgb", "bgr"])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize(
+    "norm",
+    [
+        {},
+        {"scale": 1 / 255},
+        {"mean": [127, 127, 127], "std": [128, 128, 128]},
+        {"scale": 0.00392156, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        {"scale": 2.0, "mean": [0.3, 1e-3, 255], "std": [0.7, 3.3, 1e-3]},
+    ],
+)
+def test_finish_of_uint8_by_table_gives_the_same_bits(
+    color: str, layout: str, norm: dict
+) -> None:
+    """uint8 batches take a table lookup; float batches the arithmetic: the same bits."""
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 5, 7, 3), dtype=np.uint8)
+    pre = Preprocessor(PreprocessConfig(color=color, layout=layout, **norm))
+    by_table = pre.finish(pixels)
+    by_arithmetic = pre.finish(pixels.astype(np.float32))
+    assert by_table.dtype == np.float32 and by_table.flags.c_contiguous
+    assert by_table.shape == by_arithmetic.shape
+    assert np.array_equal(by_table, by_arithmetic)
+    # the hypotheses' overrides too: no normalization, another channel order
+    swapped = "rgb" if color == "bgr" else "bgr"
+    assert np.array_equal(
+        pre.finish(pixels, color=swapped, mean=None, std=None),
+        pre.finish(pixels.astype(np.float32), color=swapped, mean=None, std=None),
+    )
+
+
 def test_each_image_is_decoded_once_across_splits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

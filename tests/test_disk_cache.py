@@ -131,3 +131,53 @@ def test_off_and_no_cache(digits_config, cache_dir: Path) -> None:  # type: igno
     result = run_cli("evaluate", str(digits_config()), "--no-cache")
     assert result.returncode == 0, result.stderr
     assert not cache_dir.exists()
+
+
+def test_a_second_sweep_runs_only_the_layers_a_recipe_change_touched(digits_config,
+                                                                       cache_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    from quantdoctor.engine.subgraph import LayerSweep, Variant
+
+    def sweep(recipe: list | None = None) -> tuple[LayerSweep, dict]:
+        extra = {} if recipe is None else {"recipe": [{"calibration": {}}, *recipe]}
+        engine = Engine(quantdoctor.load_config(digits_config(**extra)))
+        s = LayerSweep(engine, engine.images("evaluation").subset(range(40)))
+        variants = [Variant.alone(engine, layer) for layer in engine.layers]
+        return s, s.run(variants)
+
+    first_sweep, first = sweep()
+    assert first_sweep.cost.variants == len(first) and first_sweep.cost.from_store == 0
+    again_sweep, again = sweep()
+    assert again_sweep.cost.variants == 0 and again_sweep.cost.from_store == len(first)
+    assert again_sweep.cost.captures == 0  # nothing ran, not even the float capture
+    for name, noise in first.items():
+        assert again[name].snr_db() == noise.snr_db()
+        for o in noise.outputs:
+            assert np.array_equal(again[name].per_image_snr_db(o), noise.per_image_snr_db(o))
+    # one layer at 16 bits: only its variant runs again, and its noise is another
+    changed_sweep, changed = sweep(
+        [{"quantization_param": {"layers": ["fc1/Gemm"], "precision": "a16_w16"}}]
+    )
+    assert changed_sweep.cost.variants == 1
+    assert changed["fc1/Gemm"].min_snr_db() > first["fc1/Gemm"].min_snr_db()
+    assert all(changed[n].snr_db() == first[n].snr_db() for n in first if n != "fc1/Gemm")
+
+
+def test_the_calibration_features_are_computed_once_across_runs(digits_config,
+                                                                cache_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    from quantdoctor.checks.calibration import penultimate_tensor
+
+    config = quantdoctor.load_config(digits_config())
+    first = Engine(config)
+    tensor = penultimate_tensor(first.float_model)
+    cal = first.images("calibration")
+    features = first.float_features(tensor, cal)
+    assert features.shape[0] == len(cal) and first.costs.captured_images == len(cal)
+    second = Engine(config)
+    again = second.float_features(tensor, second.images("calibration"))
+    assert second.costs.captured_images == 0  # read, not captured
+    assert np.array_equal(again, features)
+    # another model (a float edit): computed again
+    edited = Engine(quantdoctor.load_config(digits_config(
+        recipe=[{"calibration": {}}, {"equalization": {}}])))
+    edited.float_features(tensor, edited.images("calibration"))
+    assert edited.costs.captured_images == len(cal)

@@ -111,3 +111,62 @@ def test_a_sibling_with_another_normalization_runs_its_own_native_inputs(engine_
     assert not np.allclose(native, native_norm)
     assert np.allclose(native_norm, norm.outputs("fp_optimized")["logits"], rtol=1e-4, atol=1e-4)
     assert base.outputs("native")["logits"] is native
+
+
+def test_a_subsets_outputs_are_rows_of_its_parents(engine_for) -> None:  # type: ignore[no-untyped-def]
+    """A split drawn from the evaluation images takes its outputs from the evaluation split's
+    cached outputs (no model pass), and they are what running it afresh gives."""
+    engine = engine_for("rows")
+    ev = engine.images("evaluation")
+    rows = np.sort(np.random.default_rng(3).permutation(len(ev))[: len(ev) // 3])
+    for context in ("fp_optimized", "quantized", "int8"):
+        whole = engine.outputs(context)["logits"]
+        images_before = dict(engine.costs.run_images)
+        engine.add_split(f"part_{context}", ev.subset(rows))
+        part = engine.outputs(context, f"part_{context}")["logits"]
+        assert engine.costs.run_images == images_before  # no model pass
+        assert np.array_equal(part, whole[rows])
+        # the same numbers as running those images on their own, in other batches
+        fresh = engine_for(f"fresh_{context}")
+        fresh.add_split("part", fresh.images("evaluation").subset(rows))
+        assert np.array_equal(fresh.outputs(context, "part")["logits"], part)
+    assert engine.costs.outputs_from_rows == 3
+    # other images (not all rows held by a cached split): computed
+    other = engine_for("other")
+    other.add_split("part", other.images("evaluation").subset(rows))
+    other.outputs("int8", "part")
+    assert other.costs.outputs_from_rows == 0 and other.costs.run_images["int8"] == len(rows)
+
+
+def test_batches_and_sweep_variants_run_side_by_side_give_the_same_numbers(
+    engine_for, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Two batches (and two sweep variants) at once on one thread each: the same bits as one
+    at a time on every core, in the same order."""
+    from quantdoctor.engine.runner import run_in_order
+    from quantdoctor.engine.subgraph import LayerSweep, Variant
+
+    got = {}
+    for at_once in ("1", "2"):
+        monkeypatch.setenv("QUANTDOCTOR_BATCHES_AT_ONCE", at_once)
+        engine = engine_for(f"at_once_{at_once}")
+        assert engine.batches_at_once == int(at_once) or engine.batches_at_once == 1
+        sweep = LayerSweep(engine, engine.images("evaluation").subset(range(48)))
+        assert sweep.parallel == engine.batches_at_once
+        noise = sweep.run([Variant.alone(engine, layer) for layer in engine.layers])
+        got[at_once] = (
+            {c: engine.outputs(c)["logits"] for c in ("fp_optimized", "quantized", "int8")},
+            {k: v.snr_db() for k, v in noise.items()},
+        )
+    for context, logits in got["1"][0].items():
+        assert np.array_equal(logits, got["2"][0][context])
+    assert got["1"][1] == got["2"][1]
+    # in order, whatever finishes first; an error stops the pass
+    order = [n for _, n in run_in_order(lambda x: x, (np.zeros(k) for k in range(1, 8)), 3)]
+    assert order == list(range(1, 8))
+
+    def fail(x: np.ndarray) -> np.ndarray:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        list(run_in_order(fail, (np.zeros(2) for _ in range(4)), 2))

@@ -173,15 +173,9 @@ def penultimate_tensor(model: onnx.ModelProto) -> str:
 
 
 def _features(engine: Engine, name: str, images: ImageSet) -> np.ndarray:
-    """Penultimate activations [N, D] of ``images`` (native context), spatially averaged if
-    the tensor still has a large spatial extent."""
-    parts = []
-    for batch in engine.capture("fp_optimized", [name], images):
-        x = batch[name]
-        if x.ndim > 2 and int(np.prod(x.shape[1:])) > 4096:
-            x = x.mean(axis=tuple(range(2, x.ndim)))
-        parts.append(x.reshape(len(x), -1).astype(np.float32))
-    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+    """Penultimate activations [N, D] of ``images`` (fp_optimized), spatially averaged if
+    the tensor still has a large spatial extent (:meth:`Engine.float_features`)."""
+    return engine.float_features(name, images)
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -709,6 +703,9 @@ def _direct_test(
     scoring = _register_split(engine, SCORING_SPLIT, ev.subset(score_idx))
     engine.add_ranges(HOLDOUT_RANGES, engine.calibrate(ev.subset(ref_idx)))
 
+    # The whole evaluation split with the given ranges is what the three-way test runs: run
+    # once here, the scoring images' outputs are its rows (Engine.outputs).
+    engine.outputs(context, "evaluation")
     given, given_ci = score_context(engine, task, context, seed, SCORING_SPLIT)
     held, held_ci = score_context(engine, task, context, seed, SCORING_SPLIT, ranges=HOLDOUT_RANGES)
     # Float (fp_optimized: the model that is quantized) outputs of the whole evaluation split

@@ -591,6 +591,7 @@ class LayerAnalysis:
             "chunks": len(self._sweep.chunked.chunks),
             "captured_tensors": len(self._sweep.chunked.boundary),
             "variants": c.variants,
+            "variants_from_cache": c.from_store,
             "chunk_runs": c.chunk_runs,
             # by node count: the work of the variants in whole-model evaluations
             "variant_work_in_model_evaluations": round(c.model_evaluations, 2),

@@ -102,9 +102,12 @@ class DiskCache:
         self.hits += 1
         return arrays
 
-    def put(self, kind: str, key: str, arrays: dict[str, np.ndarray]) -> None:
+    def put(
+        self, kind: str, key: str, arrays: dict[str, np.ndarray], evict: bool = True
+    ) -> None:
         """Store ``arrays`` under ``key``; a full disk or a read-only folder only costs the
-        entry (a warning), never the run."""
+        entry (a warning), never the run. ``evict=False`` for many small entries in a row:
+        then call :meth:`evict` once after them."""
         path = self._path(kind, key)
         tmp = None
         try:
@@ -119,9 +122,10 @@ class DiskCache:
         finally:
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
-        self._evict()
+        if evict:
+            self.evict()
 
-    def _evict(self) -> None:
+    def evict(self) -> None:
         """Remove the entries used longest ago until the cache is within its size."""
         entries = []
         for p in self.folder.glob("*/*.npz"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -61,7 +62,7 @@ from .executors import HostBatcher, RayExecutor, make_executor
 from .external import ExternalOutputs, OutputSpec, external_key, output_specs, read_external
 from .memory import release_free_memory
 from .recipe import RecipeBackend, RemedyRecord
-from .runner import OrtRunner
+from .runner import OrtRunner, batches_at_once, run_in_order, session_threads
 
 #: Contexts (DESIGN §2); external's outputs are read from files (config external), not run.
 CONTEXTS = ("native", "fp_optimized", "quantized", "int8", "external")
@@ -95,7 +96,7 @@ DECLARED = InputVariant("declared")
 class EngineCosts:
     """What an engine (and its siblings) ran and how long it took, for ``--profile``: the
     seconds and images of every model pass by context, of captures and of decoding, and how
-    many outputs came from the cache across runs."""
+    many outputs came from the cache across runs or were rows of a larger split's outputs."""
 
     decode_s: float = 0.0
     decoded_images: int = 0
@@ -104,6 +105,7 @@ class EngineCosts:
     capture_s: float = 0.0
     captured_images: int = 0
     outputs_from_disk: int = 0
+    outputs_from_rows: int = 0
 
     def add_run(self, context: str, seconds: float, images: int) -> None:
         self.run_s[context] = self.run_s.get(context, 0.0) + seconds
@@ -118,6 +120,7 @@ class EngineCosts:
             "capture_s": round(self.capture_s, 3),
             "captured_images": self.captured_images,
             "outputs_from_disk": self.outputs_from_disk,
+            "outputs_from_rows": self.outputs_from_rows,
         }
 
 
@@ -225,6 +228,11 @@ class Engine:
             import_seconds = time.perf_counter() - started
         self.layers: list[LayerInfo] = find_layers(self.float_model, self.target)
         self.batch_size = self.input.fixed_batch or config.batch_size or 16
+        hw = self.preprocessor.output_hw
+        #: model-pass batches (and sweep variants) run at once (engine/runner.py)
+        self.batches_at_once = batches_at_once(
+            self.batch_size * 3 * hw[0] * hw[1] * 4 if hw else None
+        )
         #: where inference and the sweep run: None here (the default), or a Ray cluster
         self.executor: RayExecutor | None = make_executor(config.executor)
         self._decoded: DecodeCache = {}
@@ -238,6 +246,10 @@ class Engine:
         #: the most recently used sessions (each holds its model and memory)
         self._runners: OrderedDict[tuple[str, str, str], OrtRunner] = OrderedDict()
         self._outputs: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
+        #: which pixels each cached output set is of: (the split's stored pixels, its rows)
+        self._output_rows: dict[
+            tuple[str, str, str, str], tuple[weakref.ref[np.ndarray], np.ndarray | None]
+        ] = {}
         #: the external context's outputs by what they are read from and the split's files
         self._external: dict[tuple[str, str], ExternalOutputs] = {}
         self._range_sets: dict[str, Ranges] = {}
@@ -322,6 +334,7 @@ class Engine:
             other._class_names = self._class_names
             other.data_notes = self.data_notes
         other._outputs = self._outputs
+        other._output_rows = self._output_rows
         other._external = self._external
         other._runners = self._runners
         other._qdq_models = self._qdq_models
@@ -502,6 +515,17 @@ class Engine:
         import onnxruntime
 
         return content_key(kind, __version__, onnxruntime.__version__, *parts)
+
+    def float_result_key(self, kind: str, images: ImageSet, *parts: object) -> str | None:
+        """The cache-across-runs key of something computed from the float model
+        (fp_optimized) on ``images`` as the host feeds them, plus ``parts`` (what else it
+        depends on), or None when the cache is off."""
+        if self.disk is None:
+            return None
+        return self._disk_key(
+            kind, self._fingerprints["float"], files_key(images.paths),
+            self._host_pipeline_key(), self.batch_size, *parts,
+        )
 
     def _images_from_disk(self, records: list[ImageRecord]) -> str | None:
         """Put a split's stored decoded pixels into the decode cache; returns the key to store
@@ -754,6 +778,8 @@ class Engine:
             self.model(context, plan, ranges),
             self._optimization(context, plan),
             extra,
+            # model passes run batches side by side; captures one at a time on every core
+            threads=None if extra or reduced else session_threads(self.batches_at_once),
             reduced_outputs=reduced,
         )
         return self._runners[key]
@@ -796,6 +822,8 @@ class Engine:
             variant.name,
             self._host_key(context, variant),
         )
+        if key not in self._outputs:
+            self._outputs_from_rows(key, images)
         disk_key = None
         if key not in self._outputs and self.disk is not None:
             disk_key = self._disk_key(
@@ -827,9 +855,10 @@ class Engine:
             with self.progress.task(
                 f"running {context}{what} on {len(images)} {split} images", len(images)
             ) as advance:
-                for x in self.batches(images, context, variant):
-                    parts.append(runner.run(x))
-                    advance(len(x))
+                batches = self.batches(images, context, variant)
+                for got, n in run_in_order(runner.run, batches, self.batches_at_once):
+                    parts.append(got)
+                    advance(n)
             self._outputs[key] = {
                 n: np.concatenate([p[n] for p in parts]) for n in runner.output_names
             }
@@ -838,7 +867,31 @@ class Engine:
             release_free_memory()
             if self.disk is not None and disk_key is not None:
                 self.disk.put("outputs", disk_key, self._outputs[key])
+        self._output_rows.setdefault(key, (weakref.ref(images.stored), images.rows))
         return self._outputs[key]
+
+    def _outputs_from_rows(self, key: tuple[str, str, str, str], images: ImageSet) -> None:
+        """Take a subset's outputs from the cached outputs of a split that holds all of its
+        images (the same pixels, model, variant and host): ONNX Runtime computes each image
+        of a batch on its own, so the rows are the same numbers (checked on EfficientNet-Lite0
+        in float, emulation and int8), and e.g. the direct test's scoring images and the
+        sweep's images cost no model pass after the evaluation split's."""
+        rows = np.arange(len(images)) if images.rows is None else images.rows
+        for other, (stored, other_rows) in self._output_rows.items():
+            if other[0] != key[0] or other[2:] != key[2:] or other not in self._outputs:
+                continue
+            if stored() is not images.stored:
+                continue
+            n = len(images.stored)
+            where = np.full(n, -1, dtype=np.int64)
+            held = np.arange(n) if other_rows is None else other_rows
+            where[held] = np.arange(len(held))
+            at = where[rows]
+            if len(at) and (at >= 0).all():
+                parent = self._outputs[other]
+                self._outputs[key] = {name: value[at] for name, value in parent.items()}
+                self.costs.outputs_from_rows += 1
+                return
 
     def _host_pipeline_key(self) -> str:
         """What the host does around the model (part of every stored output's key); with
@@ -887,6 +940,8 @@ class Engine:
         quantized context a quantized tensor's name holds its dequantized value and
         ``<name>__float`` the value before quantization."""
         runner = self._runner(context, plan, ranges, extra=tuple(names))
+        # One batch at a time: captured tensors are large (every layer's output), and memory
+        # bounds the run more than these passes' time does.
         for x in self.batches(images, context, variant):
             started = time.perf_counter()
             got = runner.run(x, names)
@@ -895,6 +950,26 @@ class Engine:
             yield got
             del got
             release_free_memory()  # the batch's tensors are dropped: their pages go back
+
+    def float_features(self, name: str, images: ImageSet) -> np.ndarray:
+        """Per image, the float model's (fp_optimized) tensor ``name`` as one vector [N, D],
+        averaged over its spatial dimensions where it has more than 4096 values per image
+        (the calibration check's features); kept in the cache across runs."""
+        key = self.float_result_key("features", images, name)
+        if key is not None and self.disk is not None:
+            found = self.disk.get("features", key)
+            if found is not None and "features" in found:
+                return found["features"]
+        parts = []
+        for batch in self.capture("fp_optimized", [name], images):
+            x = batch[name]
+            if x.ndim > 2 and int(np.prod(x.shape[1:])) > 4096:
+                x = x.mean(axis=tuple(range(2, x.ndim)))
+            parts.append(x.reshape(len(x), -1).astype(np.float32))
+        out = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+        if key is not None and self.disk is not None:
+            self.disk.put("features", key, {"features": out})
+        return out
 
     def capture_minmax(
         self,
@@ -908,13 +983,15 @@ class Engine:
         """Per batch, ``{name: [min, max]}`` of each named tensor, reduced inside the graph."""
         runner = self._runner(context, plan, ranges, reduced=tuple(names))
         outs = [f"{n}__{r}" for n in names for r in ("min", "max")]
+        # One batch at a time: without an arena, a run holds every activation of its batch.
         for x in self.batches(images, context):
             started = time.perf_counter()
             got = runner.run(x, outs)
             self.costs.capture_s += time.perf_counter() - started
-            self.costs.captured_images += len(x)
+            n = len(x)
+            self.costs.captured_images += n
             if advance:
-                advance(len(x))
+                advance(n)
             yield {
                 n: np.concatenate([got[f"{n}__min"].ravel(), got[f"{n}__max"].ravel()])
                 for n in names

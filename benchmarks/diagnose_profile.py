@@ -62,8 +62,10 @@ def run_diagnose(config: Path, report: Path, cache: Path) -> dict:
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) not in (0, 1):
         raise SystemExit(f"diagnose failed: {proc.stderr.read().decode()[-2000:]}")
-    profile = json.loads((report / "findings.json").read_text())["profile"]
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "profile": profile}
+    found = json.loads((report / "findings.json").read_text())
+    sweep = (found.get("evidence", {}).get("layers") or {}).get("cost") or {}
+    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "profile": found["profile"],
+            "sweep": sweep}
 
 
 def _print(label: str, run: dict) -> None:
@@ -77,7 +79,13 @@ def _print(label: str, run: dict) -> None:
     print(f"  model passes: {passes or 'none'}")
     print(f"  captures {engine['captured_images']} images {engine['capture_s']:.1f} s; "
           f"decoding {engine['decoded_images']} images {engine['decode_s']:.1f} s; "
-          f"{engine['outputs_from_disk']} output set(s) from the cache")
+          f"{engine['outputs_from_disk']} output set(s) from the cache, "
+          f"{engine.get('outputs_from_rows', 0)} from a larger split's outputs")
+    sweep = run.get("sweep") or {}
+    if sweep:
+        print(f"  per-layer sweep: {sweep.get('variants', 0)} variant run(s), "
+              f"{sweep.get('variants_from_cache', 0)} from the cache, "
+              f"{sweep.get('variant_work_in_model_evaluations', 0)} model evaluations of work")
 
 
 def main() -> None:

@@ -172,12 +172,6 @@ def penultimate_tensor(model: onnx.ModelProto) -> str:
     return pools[-1] if pools else g.output[0].name
 
 
-def _features(engine: Engine, name: str, images: ImageSet) -> np.ndarray:
-    """Penultimate activations [N, D] of ``images`` (fp_optimized), spatially averaged if
-    the tensor still has a large spatial extent (:meth:`Engine.float_features`)."""
-    return engine.float_features(name, images)
-
-
 # --- helpers ---------------------------------------------------------------------------------
 
 
@@ -830,8 +824,10 @@ def calibration_checks(
 
     with timer("features"):
         tensor = penultimate_tensor(engine.float_model)
-        f_cal = _features(engine, tensor, cal)
-        f_ev = _features(engine, tensor, ev.subset(feature_idx)) if len(feature_idx) else None
+        f_cal = engine.float_features(tensor, cal)
+        f_ev = (
+            engine.float_features(tensor, ev.subset(feature_idx)) if len(feature_idx) else None
+        )
 
     with timer("image_checks"):
         cosine_bar = _cosine_bar(f_ev)

@@ -44,7 +44,8 @@ from ..errors import ModelError
 from ..quant import LayerInfo, QuantPlan, Ranges, build_qdq
 from ..stats import MAX_SNR_DB, snr_db
 from .memory import release_free_memory
-from .sessions import cpu_threads, make_session
+from .runner import session_threads
+from .sessions import make_session
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -452,8 +453,8 @@ class LayerSweep:
         self._lock = threading.Lock()
 
     @property
-    def _session_threads(self) -> int | None:
-        return None if self.parallel <= 1 else max(1, cpu_threads() // self.parallel)
+    def _session_threads(self) -> int:
+        return session_threads(self.parallel)
 
     def _count(self, **add: float) -> None:
         with self._lock:
